@@ -1,0 +1,66 @@
+//! `regproxy run`: bind, say what we are, serve until a signal.
+
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+
+use crate::cli::RunArgs;
+use crate::proxy::{self, Proxy};
+use crate::tls::ca::CertificateAuthority;
+
+pub async fn run(args: RunArgs) -> anyhow::Result<()> {
+    let config = args.proxy_config();
+    let proxy = Proxy::new(&config)?;
+    let listener = TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    let mode = if config.skip_existing_layers {
+        "skip-existing-layers"
+    } else {
+        "pass-through"
+    };
+    tracing::info!(
+        version = env!("CARGO_PKG_VERSION"),
+        listen = %listener.local_addr()?,
+        mode,
+        ca = %CertificateAuthority::cert_path(&config.ca_dir).display(),
+        "regproxy started"
+    );
+    if config.insecure_upstream {
+        tracing::warn!(
+            "--insecure-upstream: upstream registry certificates are NOT verified; \
+             anyone on the network path can read and alter this traffic"
+        );
+    }
+    proxy::serve(proxy, listener, shutdown_signal(), config.drain_timeout).await;
+    Ok(())
+}
+
+/// Completes on the first SIGINT or SIGTERM. A second signal during the
+/// drain ends the process at once.
+async fn shutdown_signal() {
+    let signal = wait_for_signal().await;
+    tracing::info!("{signal} received");
+    tokio::spawn(async {
+        let signal = wait_for_signal().await;
+        tracing::warn!("second {signal}: exiting without draining");
+        std::process::exit(130);
+    });
+    // Let the second-signal watcher install its handlers first.
+    tokio::time::sleep(Duration::from_millis(1)).await;
+}
+
+async fn wait_for_signal() -> &'static str {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut interrupt), Ok(mut terminate)) =
+        (signal(SignalKind::interrupt()), signal(SignalKind::terminate()))
+    else {
+        // Without signal handlers the daemon runs until killed.
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = interrupt.recv() => "SIGINT",
+        _ = terminate.recv() => "SIGTERM",
+    }
+}

@@ -1,0 +1,16 @@
+//! Log output: human-readable lines on stderr, filtered by `RUST_LOG`
+//! (default `info`).
+//!
+//! Secrets stay out by construction: regproxy logs named fields (method,
+//! host, path without its query, status, sizes), never a header map or a
+//! query string, so `Authorization`, cookies and tokens never reach a log.
+
+use tracing_subscriber::EnvFilter;
+
+pub fn init() {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}

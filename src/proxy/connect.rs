@@ -1,0 +1,169 @@
+//! `CONNECT host:port`: answer 200, then look at what the client sends
+//! through the tunnel. TLS is terminated with a leaf minted for the host
+//! and served as HTTP/2 or HTTP/1.1, as ALPN decided; plain HTTP is
+//! served as it is. Either way each request goes to [`forward`].
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::uri::{Authority, Scheme};
+use http::{Request, Response, StatusCode};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::Watcher;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
+use tokio_rustls::LazyConfigAcceptor;
+
+use super::body::{self, ProxyBody};
+use super::forward::{forward, Target};
+use super::rewind::Rewind;
+use super::{respond, Proxy, HEADER_READ_TIMEOUT};
+
+/// The first byte of every TLS connection: a handshake record.
+const TLS_HANDSHAKE_RECORD: u8 = 0x16;
+
+/// A client that opens a tunnel and sends nothing is let go after this.
+const FIRST_BYTES_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// HTTP/2 flow-control windows. The protocol's 64 KiB default lets one
+/// stream carry only 64 KiB per round trip, which throttles a multi-GB
+/// layer upload to a crawl on any real link; these let a stream run at
+/// line rate while bounding what one connection can make regproxy hold.
+const H2_STREAM_WINDOW: u32 = 8 << 20;
+const H2_CONNECTION_WINDOW: u32 = 16 << 20;
+/// Larger DATA frames mean fewer frame headers and wake-ups per layer.
+const H2_MAX_FRAME_SIZE: u32 = 256 << 10;
+
+/// Answers a `CONNECT` and intercepts the tunnel in the background.
+pub fn handle_connect(
+    proxy: Arc<Proxy>,
+    client: SocketAddr,
+    request: Request<Incoming>,
+    watcher: Option<Watcher>,
+) -> Response<ProxyBody> {
+    let Some(authority) = tunnel_authority(&request) else {
+        return respond::bad_request("CONNECT needs a host:port target");
+    };
+    tracing::debug!(%client, target = %authority, "tunnel opened");
+    tokio::spawn(async move {
+        let upgraded = match hyper::upgrade::on(request).await {
+            Ok(upgraded) => upgraded,
+            Err(error) => {
+                tracing::debug!(%client, "tunnel upgrade failed: {error}");
+                return;
+            }
+        };
+        let tunnel = Tunnel { proxy, client, authority, watcher };
+        if let Err(error) = tunnel.intercept(TokioIo::new(upgraded)).await {
+            tracing::debug!(%client, "tunnel closed: {error}");
+        }
+    });
+    let mut response = Response::new(body::empty());
+    *response.status_mut() = StatusCode::OK;
+    response
+}
+
+/// The `CONNECT` target, which must name both host and port.
+fn tunnel_authority(request: &Request<Incoming>) -> Option<Authority> {
+    let authority = request.uri().authority()?;
+    (authority.port_u16().is_some() && !authority.host().is_empty()).then(|| authority.clone())
+}
+
+struct Tunnel {
+    proxy: Arc<Proxy>,
+    client: SocketAddr,
+    authority: Authority,
+    /// Keeps graceful shutdown waiting for this tunnel's requests.
+    watcher: Option<Watcher>,
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+impl Tunnel {
+    async fn intercept<S>(self, mut stream: S) -> Result<(), BoxError>
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let mut first = vec![0u8; 4096];
+        let read = tokio::time::timeout(FIRST_BYTES_TIMEOUT, stream.read(&mut first)).await;
+        let n = read.map_err(|_| "client sent nothing")??;
+        if n == 0 {
+            return Ok(());
+        }
+        first.truncate(n);
+        let is_tls = first[0] == TLS_HANDSHAKE_RECORD;
+        let stream = Rewind::new(Bytes::from(first), stream);
+        if is_tls {
+            self.serve_tls(stream).await
+        } else {
+            self.serve(stream, Scheme::HTTP, false).await
+        }
+    }
+
+    async fn serve_tls<S>(self, stream: S) -> Result<(), BoxError>
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let acceptor = LazyConfigAcceptor::new(rustls::server::Acceptor::default(), stream);
+        let handshake = tokio::time::timeout(FIRST_BYTES_TIMEOUT, acceptor)
+            .await
+            .map_err(|_| "TLS ClientHello timed out")??;
+        // Mint for the name the client verifies: SNI when it sent one,
+        // the CONNECT host when it did not (clients omit SNI for IPs).
+        let name = handshake
+            .client_hello()
+            .server_name()
+            .unwrap_or(self.authority.host())
+            .to_owned();
+        let config = self.proxy.leaves.server_config(&name)?;
+        let tls = handshake.into_stream(config).await?;
+        let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+        tracing::debug!(client = %self.client, %name, h2, "TLS intercepted");
+        self.serve(tls, Scheme::HTTPS, h2).await
+    }
+
+    async fn serve<S>(self, stream: S, scheme: Scheme, h2: bool) -> Result<(), BoxError>
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let Tunnel { proxy, client, authority, watcher } = self;
+        let target = Target { scheme, authority };
+        let service = service_fn(move |request| {
+            let (proxy, target) = (proxy.clone(), target.clone());
+            async move {
+                Ok::<_, Infallible>(forward(proxy, client, Some(target), request).await)
+            }
+        });
+        let builder = tunnel_server(h2);
+        let connection = builder.serve_connection(TokioIo::new(stream), service);
+        match watcher {
+            Some(watcher) => watcher.watch(connection).await,
+            None => connection.await,
+        }
+    }
+}
+
+fn tunnel_server(h2: bool) -> auto::Builder<TokioExecutor> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    if h2 {
+        builder = builder.http2_only();
+        builder
+            .http2()
+            .timer(TokioTimer::new())
+            .initial_stream_window_size(H2_STREAM_WINDOW)
+            .initial_connection_window_size(H2_CONNECTION_WINDOW)
+            .max_frame_size(H2_MAX_FRAME_SIZE);
+    } else {
+        builder = builder.http1_only();
+        builder
+            .http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(HEADER_READ_TIMEOUT);
+    }
+    builder
+}

@@ -1,0 +1,273 @@
+//! One request on its way to the registry: where it goes, what skip mode
+//! does with it, and the response streamed back.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use http::header::{self, HeaderMap, HeaderName};
+use http::uri::{Authority, PathAndQuery, Scheme};
+use http::{Method, Request, Response, StatusCode, Uri, Version};
+use http_body::Body;
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+
+use super::body::{self, Direction, Exchange, Metered, ProxyBody};
+use super::respond;
+use super::Proxy;
+use crate::registry::route::Route;
+use crate::registry::skip::{self, Verdict};
+use crate::stats::bump;
+
+/// Where the requests of an intercepted tunnel go: the `CONNECT` target,
+/// whatever the request line or `:authority` inside the tunnel says.
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub scheme: Scheme,
+    pub authority: Authority,
+}
+
+/// Headers that belong to one connection, never forwarded. `Expect` is
+/// answered by regproxy's own server side, which sends `100 Continue`
+/// as soon as the upstream request starts reading the body.
+const HOP_BY_HOP: [HeaderName; 9] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+];
+
+/// Forwards one request. `tunnel` is the `CONNECT` target for requests
+/// inside an intercepted tunnel, `None` for absolute-form requests.
+pub async fn forward(
+    proxy: Arc<Proxy>,
+    client: SocketAddr,
+    tunnel: Option<Target>,
+    request: Request<Incoming>,
+) -> Response<ProxyBody> {
+    let Some((target, path_and_query)) = destination(tunnel, request.uri()) else {
+        return respond::not_a_proxy_request(request.uri());
+    };
+    let host = target.authority.as_str().to_ascii_lowercase();
+    let route = Route::parse(path_and_query.path());
+    let query = path_and_query.query();
+    let verdict = skip::decide(
+        proxy.skip_existing_layers,
+        request.method(),
+        &route,
+        query,
+        |name, digest| proxy.uploaded.contains(&host, name, digest),
+    );
+    let exchange = Exchange::new(
+        client,
+        request.method().clone(),
+        host.clone(),
+        path_and_query.path().to_owned(),
+        verdict.action(),
+        route.is_upload(),
+        proxy.stats.clone(),
+    );
+
+    let path_and_query = match verdict {
+        Verdict::AnswerNotFound => {
+            bump(&proxy.stats.heads_answered_not_found);
+            exchange.set_status(404);
+            return respond::blob_not_found();
+        }
+        Verdict::StripMount { query } => {
+            bump(&proxy.stats.mounts_stripped);
+            with_query(&path_and_query, query.as_deref())
+        }
+        Verdict::Pass | Verdict::PassUploadedThisSession => path_and_query,
+    };
+
+    let uri = Uri::from_parts({
+        let mut parts = http::uri::Parts::default();
+        parts.scheme = Some(target.scheme);
+        parts.authority = Some(target.authority);
+        parts.path_and_query = Some(path_and_query.clone());
+        parts
+    });
+    let Ok(uri) = uri else {
+        return respond::bad_request("request target does not form a valid URI");
+    };
+
+    let upstream_request = upstream_request(request, uri, &exchange);
+    let response = match send(&proxy, upstream_request).await {
+        Ok(response) => response,
+        Err(error) => {
+            let message = respond::upstream_failure(&host, &*error);
+            tracing::warn!(client = %client, "{message}");
+            exchange.fail(message.clone());
+            exchange.set_status(502);
+            return respond::bad_gateway(message);
+        }
+    };
+
+    let status = response.status();
+    exchange.set_status(status.as_u16());
+    record_completed_upload(&proxy, &host, &route, &path_and_query, &exchange, status);
+    let (mut parts, body) = response.into_parts();
+    strip_hop_by_hop(&mut parts.headers);
+    let body = Metered::new(body, exchange, Direction::Down).boxed();
+    Response::from_parts(parts, body)
+}
+
+/// The target and the path to request there, or `None` for a request that
+/// is neither inside a tunnel nor in absolute form.
+fn destination(tunnel: Option<Target>, uri: &Uri) -> Option<(Target, PathAndQuery)> {
+    let path_and_query = uri
+        .path_and_query()
+        .cloned()
+        .unwrap_or_else(|| PathAndQuery::from_static("/"));
+    let target = match tunnel {
+        Some(target) => target,
+        None => Target {
+            scheme: uri.scheme().cloned()?,
+            authority: uri.authority().cloned()?,
+        },
+    };
+    Some((target, path_and_query))
+}
+
+fn with_query(path_and_query: &PathAndQuery, query: Option<&str>) -> PathAndQuery {
+    let path = path_and_query.path();
+    let rebuilt = match query {
+        Some(query) => format!("{path}?{query}"),
+        None => path.to_owned(),
+    };
+    // The path came from a valid PathAndQuery and the query is a subset of
+    // its parameters, so this parses; fall back to the original otherwise.
+    rebuilt.parse().unwrap_or_else(|_| path_and_query.clone())
+}
+
+fn upstream_request(
+    request: Request<Incoming>,
+    uri: Uri,
+    exchange: &Arc<Exchange>,
+) -> Request<ProxyBody> {
+    let (mut parts, body) = request.into_parts();
+    strip_hop_by_hop(&mut parts.headers);
+    parts.headers.remove(header::EXPECT);
+    parts.uri = uri;
+    // Upstream connections speak HTTP/1.1 whatever the client spoke.
+    parts.version = Version::HTTP_11;
+    let body = Metered::new(body, exchange.clone(), Direction::Up).boxed();
+    Request::from_parts(parts, body)
+}
+
+/// Sends a request upstream. A request without a body that fails on a
+/// pooled connection the registry had closed is sent once more on a new
+/// one; a request with a body never is, since an upload chunk sent twice
+/// corrupts the blob.
+async fn send(
+    proxy: &Proxy,
+    request: Request<ProxyBody>,
+) -> Result<Response<Incoming>, body::BoxError> {
+    let retry = can_resend(&request).then(|| clone_head(&request));
+    match proxy.upstream.request(request).await {
+        Ok(response) => Ok(response),
+        Err(error) if error.is_connect() => Err(error.into()),
+        Err(error) => match retry {
+            Some(again) => {
+                tracing::debug!("resending {} after: {error}", again.uri());
+                Ok(proxy.upstream.request(again).await?)
+            }
+            None => Err(error.into()),
+        },
+    }
+}
+
+fn can_resend(request: &Request<ProxyBody>) -> bool {
+    matches!(*request.method(), Method::GET | Method::HEAD) && request.body().is_end_stream()
+}
+
+fn clone_head(request: &Request<ProxyBody>) -> Request<ProxyBody> {
+    let mut copy = Request::new(body::empty());
+    *copy.method_mut() = request.method().clone();
+    *copy.uri_mut() = request.uri().clone();
+    *copy.version_mut() = request.version();
+    *copy.headers_mut() = request.headers().clone();
+    copy
+}
+
+fn record_completed_upload(
+    proxy: &Proxy,
+    host: &str,
+    route: &Route,
+    path_and_query: &PathAndQuery,
+    exchange: &Exchange,
+    status: StatusCode,
+) {
+    let query = path_and_query.query();
+    let Some(digest) = skip::completed_upload(&exchange.method, route, query, status.as_u16())
+    else {
+        return;
+    };
+    let Some(name) = route.name() else { return };
+    bump(&proxy.stats.blobs_uploaded);
+    proxy.uploaded.record(host, name, &digest);
+    tracing::debug!(%host, repository = name, %digest, "blob upload completed");
+}
+
+/// Removes hop-by-hop headers, including any the `Connection` header
+/// names for this hop only.
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .filter_map(|token| HeaderName::from_bytes(token.trim().as_bytes()).ok())
+        .collect();
+    for name in HOP_BY_HOP.iter().chain(&named) {
+        headers.remove(name);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connection_named_headers_are_removed() {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::CONNECTION, "close, X-Trace".parse().unwrap());
+        headers.insert("x-trace", "1".parse().unwrap());
+        headers.insert(header::AUTHORIZATION, "Bearer t".parse().unwrap());
+        headers.insert(header::TRANSFER_ENCODING, "chunked".parse().unwrap());
+        strip_hop_by_hop(&mut headers);
+        assert_eq!(headers.len(), 1);
+        assert!(headers.contains_key(header::AUTHORIZATION));
+    }
+
+    #[test]
+    fn tunnel_target_wins_over_the_request_line() {
+        let tunnel = Target {
+            scheme: Scheme::HTTPS,
+            authority: "registry.test:443".parse().unwrap(),
+        };
+        let uri: Uri = "https://elsewhere.test/v2/?x=%2F".parse().unwrap();
+        let (target, pq) = destination(Some(tunnel), &uri).unwrap();
+        assert_eq!(target.authority.as_str(), "registry.test:443");
+        assert_eq!(pq.as_str(), "/v2/?x=%2F");
+    }
+
+    #[test]
+    fn origin_form_outside_a_tunnel_has_no_destination() {
+        assert!(destination(None, &"/v2/".parse().unwrap()).is_none());
+        let (target, _) = destination(None, &"http://r.test:5000/v2/".parse().unwrap()).unwrap();
+        assert_eq!(target.authority.as_str(), "r.test:5000");
+    }
+
+    #[test]
+    fn stripped_query_keeps_the_path_bytes() {
+        let pq = PathAndQuery::from_static("/v2/a/blobs/uploads/?mount=x&from=y");
+        assert_eq!(with_query(&pq, None).as_str(), "/v2/a/blobs/uploads/");
+        assert_eq!(with_query(&pq, Some("k=%2F")).as_str(), "/v2/a/blobs/uploads/?k=%2F");
+    }
+}
