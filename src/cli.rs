@@ -70,7 +70,12 @@ pub struct RunArgs {
 
     /// Extra CA certificate (PEM) to trust for upstream registries, beside
     /// the system's roots. Repeatable.
-    #[arg(long, env = "REGPROXY_UPSTREAM_CA", value_name = "FILE", value_delimiter = ',')]
+    #[arg(
+        long,
+        env = "REGPROXY_UPSTREAM_CA",
+        value_name = "FILE",
+        value_delimiter = ','
+    )]
     pub upstream_ca: Vec<PathBuf>,
 
     /// Do not verify upstream registries' certificates. Dangerous: only for
@@ -80,12 +85,22 @@ pub struct RunArgs {
 
     /// Connect to ADDR whenever a client asks for HOST:PORT, like curl's
     /// --resolve. Repeatable.
-    #[arg(long, env = "REGPROXY_RESOLVE", value_name = "HOST:PORT:ADDR", value_delimiter = ',')]
+    #[arg(
+        long,
+        env = "REGPROXY_RESOLVE",
+        value_name = "HOST:PORT:ADDR",
+        value_delimiter = ','
+    )]
     pub resolve: Vec<ResolveRule>,
 
     /// Seconds that in-flight requests get to finish after SIGINT or
     /// SIGTERM.
-    #[arg(long, env = "REGPROXY_DRAIN_TIMEOUT", value_name = "SECONDS", default_value_t = 30)]
+    #[arg(
+        long,
+        env = "REGPROXY_DRAIN_TIMEOUT",
+        value_name = "SECONDS",
+        default_value_t = 30
+    )]
     pub drain_timeout: u64,
 }
 
@@ -115,12 +130,20 @@ mod tests {
     #[test]
     fn repeatable_flags_collect() {
         let cli = Cli::try_parse_from([
-            "regproxy", "run", "--skip-existing-layers",
-            "--resolve", "a.test:443:127.0.0.1", "--resolve", "b.test:80:::1",
-            "--listen", "127.0.0.1:0",
+            "regproxy",
+            "run",
+            "--skip-existing-layers",
+            "--resolve",
+            "a.test:443:127.0.0.1",
+            "--resolve",
+            "b.test:80:::1",
+            "--listen",
+            "127.0.0.1:0",
         ])
         .unwrap();
-        let Command::Run(args) = cli.command else { panic!("not run") };
+        let Command::Run(args) = cli.command else {
+            panic!("not run")
+        };
         assert!(args.skip_existing_layers);
         assert_eq!(args.resolve.len(), 2);
         assert_eq!(args.proxy_config().resolve[1].addr.to_string(), "::1");

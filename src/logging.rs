@@ -5,6 +5,8 @@
 //! host, path without its query, status, sizes), never a header map or a
 //! query string, so `Authorization`, cookies and tokens never reach a log.
 
+use std::io::IsTerminal;
+
 use tracing_subscriber::EnvFilter;
 
 pub fn init() {
@@ -12,5 +14,6 @@ pub fn init() {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
 }

@@ -1,1 +1,10 @@
+//! One integration test binary (one link on a small machine). Tests that
+//! need the real registry and clients skip with a message when they are
+//! missing, and fail instead under `REGPROXY_E2E=require`.
 
+mod support;
+
+mod blob_protocol;
+mod cli;
+mod skopeo_push;
+mod upstream_failures;

@@ -25,7 +25,9 @@ pub fn empty() -> ProxyBody {
 }
 
 pub fn text(message: String) -> ProxyBody {
-    Full::new(Bytes::from(message)).map_err(|never| match never {}).boxed()
+    Full::new(Bytes::from(message))
+        .map_err(|never| match never {})
+        .boxed()
 }
 
 /// One request and its response, as the log and the counters see it.
@@ -91,7 +93,11 @@ impl Drop for Exchange {
             self.stats.upload_bytes.fetch_add(up, Ordering::Relaxed);
         }
         let ms = self.started.elapsed().as_secs_f64() * 1000.0;
-        let error = self.error.get_mut().unwrap_or_else(|e| e.into_inner()).take();
+        let error = self
+            .error
+            .get_mut()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
         tracing::info!(
             target: "regproxy::exchange",
             client = %self.client,
@@ -129,7 +135,11 @@ pub struct Metered<B> {
 
 impl<B> Metered<B> {
     pub fn new(inner: B, exchange: Arc<Exchange>, direction: Direction) -> Self {
-        Self { inner, exchange, direction }
+        Self {
+            inner,
+            exchange,
+            direction,
+        }
     }
 }
 
@@ -163,7 +173,8 @@ where
                     Direction::Up => "client body",
                     Direction::Down => "registry body",
                 };
-                self.exchange.fail(format!("{side}: {}", error_chain(&*error)));
+                self.exchange
+                    .fail(format!("{side}: {}", error_chain(&*error)));
                 Poll::Ready(Some(Err(error)))
             }
             other => other.map_err(Into::into),

@@ -58,7 +58,12 @@ pub fn handle_connect(
                 return;
             }
         };
-        let tunnel = Tunnel { proxy, client, authority, watcher };
+        let tunnel = Tunnel {
+            proxy,
+            client,
+            authority,
+            watcher,
+        };
         if let Err(error) = tunnel.intercept(TokioIo::new(upgraded)).await {
             tracing::debug!(%client, "tunnel closed: {error}");
         }
@@ -131,13 +136,16 @@ impl Tunnel {
     where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        let Tunnel { proxy, client, authority, watcher } = self;
+        let Tunnel {
+            proxy,
+            client,
+            authority,
+            watcher,
+        } = self;
         let target = Target { scheme, authority };
         let service = service_fn(move |request| {
             let (proxy, target) = (proxy.clone(), target.clone());
-            async move {
-                Ok::<_, Infallible>(forward(proxy, client, Some(target), request).await)
-            }
+            async move { Ok::<_, Infallible>(forward(proxy, client, Some(target), request).await) }
         });
         let builder = tunnel_server(h2);
         let connection = builder.serve_connection(TokioIo::new(stream), service);

@@ -268,6 +268,9 @@ mod tests {
     fn stripped_query_keeps_the_path_bytes() {
         let pq = PathAndQuery::from_static("/v2/a/blobs/uploads/?mount=x&from=y");
         assert_eq!(with_query(&pq, None).as_str(), "/v2/a/blobs/uploads/");
-        assert_eq!(with_query(&pq, Some("k=%2F")).as_str(), "/v2/a/blobs/uploads/?k=%2F");
+        assert_eq!(
+            with_query(&pq, Some("k=%2F")).as_str(),
+            "/v2/a/blobs/uploads/?k=%2F"
+        );
     }
 }

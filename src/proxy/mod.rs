@@ -61,7 +61,9 @@ impl Proxy {
         let trust = if config.insecure_upstream {
             UpstreamTrust::Insecure
         } else {
-            UpstreamTrust::Verify { extra_cas: &config.upstream_cas }
+            UpstreamTrust::Verify {
+                extra_cas: &config.upstream_cas,
+            }
         };
         let tls = roots::upstream_client_config(trust)?;
         Ok(Arc::new(Self {

@@ -19,7 +19,10 @@ pub fn blob_not_found() -> Response<ProxyBody> {
 }
 
 pub fn bad_request(reason: &str) -> Response<ProxyBody> {
-    plain(StatusCode::BAD_REQUEST, format!("regproxy: bad request: {reason}\n"))
+    plain(
+        StatusCode::BAD_REQUEST,
+        format!("regproxy: bad request: {reason}\n"),
+    )
 }
 
 /// A request sent to the proxy port that is neither `CONNECT` nor an
@@ -55,7 +58,10 @@ fn plain(status: StatusCode, text: String) -> Response<ProxyBody> {
     let mut response = Response::new(body::text(text));
     *response.status_mut() = status;
     let headers = response.headers_mut();
-    headers.insert(CONTENT_TYPE, http::HeaderValue::from_static("text/plain; charset=utf-8"));
+    headers.insert(
+        CONTENT_TYPE,
+        http::HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
     headers.insert(CONTENT_LENGTH, length.into());
     response
 }

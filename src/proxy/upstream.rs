@@ -54,8 +54,12 @@ impl FromStr for ResolveRule {
         }
         Ok(ResolveRule {
             host: host.to_ascii_lowercase(),
-            port: port.parse().map_err(|_| format!("{s:?}: bad port {port:?}"))?,
-            addr: addr.parse().map_err(|_| format!("{s:?}: bad address {addr:?}"))?,
+            port: port
+                .parse()
+                .map_err(|_| format!("{s:?}: bad port {port:?}"))?,
+            addr: addr
+                .parse()
+                .map_err(|_| format!("{s:?}: bad address {addr:?}"))?,
         })
     }
 }
@@ -66,13 +70,23 @@ impl FromStr for ResolveRule {
 #[derive(Debug, thiserror::Error)]
 pub enum UpstreamError {
     #[error("upstream {authority}: cannot resolve host: {source}")]
-    Resolve { authority: String, source: io::Error },
+    Resolve {
+        authority: String,
+        source: io::Error,
+    },
     #[error("upstream {authority}: connect to {addr}: {source}")]
-    Connect { authority: String, addr: SocketAddr, source: io::Error },
+    Connect {
+        authority: String,
+        addr: SocketAddr,
+        source: io::Error,
+    },
     #[error("upstream {authority}: no answer within {}s", CONNECT_TIMEOUT.as_secs())]
     Timeout { authority: String },
     #[error("upstream {authority}: TLS handshake: {source}")]
-    Tls { authority: String, source: io::Error },
+    Tls {
+        authority: String,
+        source: io::Error,
+    },
     #[error("upstream {authority}: not a valid TLS server name")]
     ServerName { authority: String },
     #[error("upstream URI {uri} has no host")]
@@ -87,7 +101,10 @@ pub fn client(tls: Arc<ClientConfig>, resolve: &[ResolveRule]) -> UpstreamClient
         .iter()
         .map(|r| ((r.host.clone(), r.port), r.addr))
         .collect();
-    let connector = Connector { tls: TlsConnector::from(tls), overrides: Arc::new(overrides) };
+    let connector = Connector {
+        tls: TlsConnector::from(tls),
+        overrides: Arc::new(overrides),
+    };
     Client::builder(TokioExecutor::new())
         .pool_idle_timeout(POOL_IDLE_TIMEOUT)
         // Never resend a request on our own: a replayed PATCH or PUT would
@@ -107,8 +124,7 @@ pub struct Connector {
 impl tower_service::Service<Uri> for Connector {
     type Response = TokioIo<UpstreamStream>;
     type Error = UpstreamError;
-    type Future =
-        Pin<Box<dyn Future<Output = Result<Self::Response, UpstreamError>> + Send>>;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, UpstreamError>> + Send>>;
 
     fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), UpstreamError>> {
         Poll::Ready(Ok(()))
@@ -124,14 +140,18 @@ impl Connector {
     async fn connect(self, uri: Uri) -> Result<UpstreamStream, UpstreamError> {
         let host = uri
             .host()
-            .ok_or_else(|| UpstreamError::NoHost { uri: uri.to_string() })?
+            .ok_or_else(|| UpstreamError::NoHost {
+                uri: uri.to_string(),
+            })?
             .trim_start_matches('[')
             .trim_end_matches(']')
             .to_ascii_lowercase();
         let https = uri.scheme_str() == Some("https");
         let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
         let authority = format!("{host}:{port}");
-        let timeout = || UpstreamError::Timeout { authority: authority.clone() };
+        let timeout = || UpstreamError::Timeout {
+            authority: authority.clone(),
+        };
 
         let tcp = tokio::time::timeout(CONNECT_TIMEOUT, self.tcp(&host, port, &authority))
             .await
@@ -139,21 +159,34 @@ impl Connector {
         if !https {
             return Ok(UpstreamStream::Plain(tcp));
         }
-        let server_name = ServerName::try_from(host.clone())
-            .map_err(|_| UpstreamError::ServerName { authority: authority.clone() })?;
+        let server_name =
+            ServerName::try_from(host.clone()).map_err(|_| UpstreamError::ServerName {
+                authority: authority.clone(),
+            })?;
         let tls = tokio::time::timeout(CONNECT_TIMEOUT, self.tls.connect(server_name, tcp))
             .await
             .map_err(|_| timeout())?
-            .map_err(|source| UpstreamError::Tls { authority: authority.clone(), source })?;
+            .map_err(|source| UpstreamError::Tls {
+                authority: authority.clone(),
+                source,
+            })?;
         Ok(UpstreamStream::Tls(Box::new(tls)))
     }
 
-    async fn tcp(&self, host: &str, port: u16, authority: &str) -> Result<TcpStream, UpstreamError> {
+    async fn tcp(
+        &self,
+        host: &str,
+        port: u16,
+        authority: &str,
+    ) -> Result<TcpStream, UpstreamError> {
         let addrs: Vec<SocketAddr> = match self.overrides.get(&(host.to_owned(), port)) {
             Some(ip) => vec![SocketAddr::new(*ip, port)],
             None => tokio::net::lookup_host((host, port))
                 .await
-                .map_err(|source| UpstreamError::Resolve { authority: authority.into(), source })?
+                .map_err(|source| UpstreamError::Resolve {
+                    authority: authority.into(),
+                    source,
+                })?
                 .collect(),
         };
         let mut last_error = None;
@@ -172,7 +205,11 @@ impl Connector {
             let none = io::Error::new(io::ErrorKind::NotFound, "no address");
             (SocketAddr::from(([0, 0, 0, 0], port)), none)
         });
-        Err(UpstreamError::Connect { authority: authority.into(), addr, source })
+        Err(UpstreamError::Connect {
+            authority: authority.into(),
+            addr,
+            source,
+        })
     }
 }
 
@@ -262,9 +299,18 @@ mod tests {
 
     #[test]
     fn bad_resolve_rules_say_what_is_wrong() {
-        assert!("registry.test".parse::<ResolveRule>().unwrap_err().contains("HOST:PORT:ADDR"));
-        assert!("r:x:127.0.0.1".parse::<ResolveRule>().unwrap_err().contains("bad port"));
-        assert!("r:1:nowhere".parse::<ResolveRule>().unwrap_err().contains("bad address"));
+        assert!("registry.test"
+            .parse::<ResolveRule>()
+            .unwrap_err()
+            .contains("HOST:PORT:ADDR"));
+        assert!("r:x:127.0.0.1"
+            .parse::<ResolveRule>()
+            .unwrap_err()
+            .contains("bad port"));
+        assert!("r:1:nowhere"
+            .parse::<ResolveRule>()
+            .unwrap_err()
+            .contains("bad address"));
         assert!(":1:127.0.0.1".parse::<ResolveRule>().is_err());
     }
 }

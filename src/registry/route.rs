@@ -34,7 +34,11 @@ impl Route {
     /// Parses the path part of a request target (no query string).
     pub fn parse(path: &str) -> Route {
         let Some(rest) = path.strip_prefix("/v2/") else {
-            return if path == "/v2" { Route::Base } else { Route::Other };
+            return if path == "/v2" {
+                Route::Base
+            } else {
+                Route::Other
+            };
         };
         let Some(segments) = decode_segments(rest) else {
             return Route::Other;
@@ -90,7 +94,10 @@ impl Route {
 
     /// Whether requests on this route carry blob bytes towards the registry.
     pub fn is_upload(&self) -> bool {
-        matches!(self, Route::UploadStart { .. } | Route::UploadSession { .. })
+        matches!(
+            self,
+            Route::UploadStart { .. } | Route::UploadSession { .. }
+        )
     }
 }
 
@@ -201,7 +208,10 @@ fn is_tag(s: &str) -> bool {
 pub fn query_pairs(query: &str) -> impl Iterator<Item = (&str, String)> {
     query.split('&').filter(|p| !p.is_empty()).map(|pair| {
         let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
-        (key, percent_decode_str(value).decode_utf8_lossy().into_owned())
+        (
+            key,
+            percent_decode_str(value).decode_utf8_lossy().into_owned(),
+        )
     })
 }
 
@@ -214,8 +224,7 @@ pub fn query_value(query: &str, key: &str) -> Option<String> {
 mod tests {
     use super::*;
 
-    const SHA256: &str =
-        "sha256:6c3c624b58dbbcd3c0dd82b4c53f04194d1247c6eebdaab7c610cf7d66709b3b";
+    const SHA256: &str = "sha256:6c3c624b58dbbcd3c0dd82b4c53f04194d1247c6eebdaab7c610cf7d66709b3b";
 
     fn sha512() -> String {
         format!("sha512:{}", "ab".repeat(64))
@@ -226,7 +235,10 @@ mod tests {
         let route = Route::parse(&format!("/v2/team/sub/app/blobs/{SHA256}"));
         assert_eq!(
             route,
-            Route::Blob { name: "team/sub/app".into(), digest: SHA256.into() }
+            Route::Blob {
+                name: "team/sub/app".into(),
+                digest: SHA256.into()
+            }
         );
     }
 
@@ -234,19 +246,34 @@ mod tests {
     fn blob_with_sha512_digest() {
         let digest = sha512();
         let route = Route::parse(&format!("/v2/app/blobs/{digest}"));
-        assert_eq!(route, Route::Blob { name: "app".into(), digest });
+        assert_eq!(
+            route,
+            Route::Blob {
+                name: "app".into(),
+                digest
+            }
+        );
     }
 
     #[test]
     fn percent_encoded_colon_in_digest_is_decoded() {
         let encoded = SHA256.replace(':', "%3A");
         let route = Route::parse(&format!("/v2/app/blobs/{encoded}"));
-        assert_eq!(route, Route::Blob { name: "app".into(), digest: SHA256.into() });
+        assert_eq!(
+            route,
+            Route::Blob {
+                name: "app".into(),
+                digest: SHA256.into()
+            }
+        );
     }
 
     #[test]
     fn encoded_slash_never_makes_a_component() {
-        assert_eq!(Route::parse(&format!("/v2/a%2Fb/blobs/{SHA256}")), Route::Other);
+        assert_eq!(
+            Route::parse(&format!("/v2/a%2Fb/blobs/{SHA256}")),
+            Route::Other
+        );
     }
 
     #[test]
@@ -284,7 +311,9 @@ mod tests {
 
     #[test]
     fn upload_start_with_and_without_trailing_slash() {
-        let start = Route::UploadStart { name: "team/app".into() };
+        let start = Route::UploadStart {
+            name: "team/app".into(),
+        };
         assert_eq!(Route::parse("/v2/team/app/blobs/uploads/"), start);
         assert_eq!(Route::parse("/v2/team/app/blobs/uploads"), start);
     }
@@ -294,7 +323,10 @@ mod tests {
         let route = Route::parse("/v2/app/blobs/uploads/1f0e-42");
         assert_eq!(
             route,
-            Route::UploadSession { name: "app".into(), session: "1f0e-42".into() }
+            Route::UploadSession {
+                name: "app".into(),
+                session: "1f0e-42".into()
+            }
         );
         assert!(route.is_upload());
     }
@@ -302,12 +334,21 @@ mod tests {
     #[test]
     fn repository_may_contain_the_word_blobs() {
         let route = Route::parse(&format!("/v2/blobs/blobs/{SHA256}"));
-        assert_eq!(route, Route::Blob { name: "blobs".into(), digest: SHA256.into() });
+        assert_eq!(
+            route,
+            Route::Blob {
+                name: "blobs".into(),
+                digest: SHA256.into()
+            }
+        );
     }
 
     #[test]
     fn trailing_slash_after_digest_is_not_a_blob() {
-        assert_eq!(Route::parse(&format!("/v2/app/blobs/{SHA256}/")), Route::Other);
+        assert_eq!(
+            Route::parse(&format!("/v2/app/blobs/{SHA256}/")),
+            Route::Other
+        );
     }
 
     #[test]
@@ -315,7 +356,10 @@ mod tests {
         let by_tag = Route::parse("/v2/app/manifests/v1.2_rc-3");
         assert_eq!(
             by_tag,
-            Route::Manifest { name: "app".into(), reference: "v1.2_rc-3".into() }
+            Route::Manifest {
+                name: "app".into(),
+                reference: "v1.2_rc-3".into()
+            }
         );
         let by_digest = Route::parse(&format!("/v2/app/manifests/{SHA256}"));
         assert_eq!(by_digest.name(), Some("app"));

@@ -145,15 +145,19 @@ impl UploadedBlobs {
 mod tests {
     use super::*;
 
-    const DIGEST: &str =
-        "sha256:6c3c624b58dbbcd3c0dd82b4c53f04194d1247c6eebdaab7c610cf7d66709b3b";
+    const DIGEST: &str = "sha256:6c3c624b58dbbcd3c0dd82b4c53f04194d1247c6eebdaab7c610cf7d66709b3b";
 
     fn blob() -> Route {
-        Route::Blob { name: "team/app".into(), digest: DIGEST.into() }
+        Route::Blob {
+            name: "team/app".into(),
+            digest: DIGEST.into(),
+        }
     }
 
     fn start() -> Route {
-        Route::UploadStart { name: "team/app".into() }
+        Route::UploadStart {
+            name: "team/app".into(),
+        }
     }
 
     fn never(_: &str, _: &str) -> bool {
@@ -170,8 +174,14 @@ mod tests {
     #[test]
     fn nothing_changes_without_skip_mode() {
         let mount = Some("mount=sha256:x&from=other");
-        assert_eq!(decide(false, &Method::HEAD, &blob(), None, never), Verdict::Pass);
-        assert_eq!(decide(false, &Method::POST, &start(), mount, never), Verdict::Pass);
+        assert_eq!(
+            decide(false, &Method::HEAD, &blob(), None, never),
+            Verdict::Pass
+        );
+        assert_eq!(
+            decide(false, &Method::POST, &start(), mount, never),
+            Verdict::Pass
+        );
     }
 
     #[test]
@@ -190,11 +200,23 @@ mod tests {
 
     #[test]
     fn manifest_and_session_routes_pass() {
-        let manifest = Route::Manifest { name: "app".into(), reference: "1".into() };
-        assert_eq!(decide(true, &Method::HEAD, &manifest, None, never), Verdict::Pass);
-        let session = Route::UploadSession { name: "app".into(), session: "u".into() };
+        let manifest = Route::Manifest {
+            name: "app".into(),
+            reference: "1".into(),
+        };
+        assert_eq!(
+            decide(true, &Method::HEAD, &manifest, None, never),
+            Verdict::Pass
+        );
+        let session = Route::UploadSession {
+            name: "app".into(),
+            session: "u".into(),
+        };
         let query = Some("mount=x&from=y");
-        assert_eq!(decide(true, &Method::PUT, &session, query, never), Verdict::Pass);
+        assert_eq!(
+            decide(true, &Method::PUT, &session, query, never),
+            Verdict::Pass
+        );
     }
 
     #[test]
@@ -208,7 +230,12 @@ mod tests {
     fn other_parameters_survive_mount_stripping() {
         let query = "from=a&x=%2F1&mount=d&origin=reg.example&y";
         let verdict = decide(true, &Method::POST, &start(), Some(query), never);
-        assert_eq!(verdict, Verdict::StripMount { query: Some("x=%2F1&y".into()) });
+        assert_eq!(
+            verdict,
+            Verdict::StripMount {
+                query: Some("x=%2F1&y".into())
+            }
+        );
     }
 
     #[test]
@@ -221,18 +248,33 @@ mod tests {
     fn plain_upload_start_passes() {
         let verdict = decide(true, &Method::POST, &start(), Some("digest=d"), never);
         assert_eq!(verdict, Verdict::Pass);
-        assert_eq!(decide(true, &Method::POST, &start(), None, never), Verdict::Pass);
+        assert_eq!(
+            decide(true, &Method::POST, &start(), None, never),
+            Verdict::Pass
+        );
     }
 
     #[test]
     fn completed_upload_needs_put_with_digest_and_201() {
-        let session = Route::UploadSession { name: "app".into(), session: "u".into() };
+        let session = Route::UploadSession {
+            name: "app".into(),
+            session: "u".into(),
+        };
         let query = format!("_state=s&digest={}", DIGEST.replace(':', "%3A"));
         let done = completed_upload(&Method::PUT, &session, Some(&query), 201);
         assert_eq!(done.as_deref(), Some(DIGEST));
-        assert_eq!(completed_upload(&Method::PUT, &session, Some(&query), 400), None);
-        assert_eq!(completed_upload(&Method::PATCH, &session, Some(&query), 201), None);
-        assert_eq!(completed_upload(&Method::PUT, &session, Some("_state=s"), 201), None);
+        assert_eq!(
+            completed_upload(&Method::PUT, &session, Some(&query), 400),
+            None
+        );
+        assert_eq!(
+            completed_upload(&Method::PATCH, &session, Some(&query), 201),
+            None
+        );
+        assert_eq!(
+            completed_upload(&Method::PUT, &session, Some("_state=s"), 201),
+            None
+        );
     }
 
     #[test]
@@ -240,7 +282,10 @@ mod tests {
         let query = format!("digest={DIGEST}");
         let done = completed_upload(&Method::POST, &start(), Some(&query), 201);
         assert_eq!(done.as_deref(), Some(DIGEST));
-        assert_eq!(completed_upload(&Method::POST, &start(), Some(&query), 202), None);
+        assert_eq!(
+            completed_upload(&Method::POST, &start(), Some(&query), 202),
+            None
+        );
     }
 
     #[test]

@@ -17,9 +17,8 @@ use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType,
-    ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType,
-    SerialNumber,
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose, SanType, SerialNumber,
 };
 use ring::rand::{SecureRandom, SystemRandom};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
@@ -98,15 +97,25 @@ impl CertificateAuthority {
         }
         check_private(&key_path)?;
         if !cert_path.exists() {
-            return Err(CaError::CertMissing { key: key_path, cert: cert_path });
+            return Err(CaError::CertMissing {
+                key: key_path,
+                cert: cert_path,
+            });
         }
         let key_pem = read(&key_path)?;
         let cert_pem = read(&cert_path)?;
-        let invalid = |source| CaError::Invalid { dir: dir.to_owned(), source };
+        let invalid = |source| CaError::Invalid {
+            dir: dir.to_owned(),
+            source,
+        };
         let key = KeyPair::from_pem(&key_pem).map_err(invalid)?;
         let issuer = Issuer::from_ca_cert_pem(&cert_pem, key).map_err(invalid)?;
         let leaf_key = KeyPair::generate().map_err(invalid)?;
-        Ok(Self { issuer, cert_pem, leaf_key })
+        Ok(Self {
+            issuer,
+            cert_pem,
+            leaf_key,
+        })
     }
 
     /// The CA certificate as PEM, for clients to trust.
@@ -119,7 +128,10 @@ impl CertificateAuthority {
     /// is not a valid name is an error, never a panic.
     pub fn mint_leaf(&self, host: &str) -> Result<Leaf, CaError> {
         let san = subject_alt_name(host)?;
-        let mint_error = |source| CaError::Mint { host: host.to_owned(), source };
+        let mint_error = |source| CaError::Mint {
+            host: host.to_owned(),
+            source,
+        };
         let now = OffsetDateTime::now_utc();
         let mut params = CertificateParams::default();
         params.distinguished_name = common_name(host);
@@ -144,7 +156,9 @@ impl CertificateAuthority {
 }
 
 fn subject_alt_name(host: &str) -> Result<SanType, CaError> {
-    let invalid = || CaError::InvalidHost { host: host.to_owned() };
+    let invalid = || CaError::InvalidHost {
+        host: host.to_owned(),
+    };
     match ServerName::try_from(host).map_err(|_| invalid())? {
         ServerName::IpAddress(ip) => Ok(SanType::IpAddress(std::net::IpAddr::from(ip))),
         ServerName::DnsName(name) => {
@@ -184,7 +198,10 @@ fn create(dir: &Path) -> Result<(), CaError> {
         .mode(0o700)
         .create(&private)
         .map_err(io_error(&private))?;
-    let invalid = |source| CaError::Invalid { dir: dir.to_owned(), source };
+    let invalid = |source| CaError::Invalid {
+        dir: dir.to_owned(),
+        source,
+    };
 
     let key = KeyPair::generate().map_err(invalid)?;
     let now = OffsetDateTime::now_utc();
@@ -204,8 +221,7 @@ fn create(dir: &Path) -> Result<(), CaError> {
     // The key first, created 0600 from the start: it is never readable by
     // others, not even for a moment.
     let key_path = CertificateAuthority::key_path(dir);
-    write_new(&key_path, key.serialize_pem().as_bytes(), 0o600)
-        .map_err(io_error(&key_path))?;
+    write_new(&key_path, key.serialize_pem().as_bytes(), 0o600).map_err(io_error(&key_path))?;
     let cert_path = CertificateAuthority::cert_path(dir);
     write_new(&cert_path, cert.pem().as_bytes(), 0o644).map_err(io_error(&cert_path))
 }
@@ -227,13 +243,19 @@ fn check_private(key_path: &Path) -> Result<(), CaError> {
     })?;
     let mode = metadata.permissions().mode() & 0o777;
     if mode & 0o077 != 0 {
-        return Err(CaError::KeyNotPrivate { path: key_path.to_owned(), mode });
+        return Err(CaError::KeyNotPrivate {
+            path: key_path.to_owned(),
+            mode,
+        });
     }
     Ok(())
 }
 
 fn read(path: &Path) -> Result<String, CaError> {
-    fs::read_to_string(path).map_err(|source| CaError::Io { path: path.to_owned(), source })
+    fs::read_to_string(path).map_err(|source| CaError::Io {
+        path: path.to_owned(),
+        source,
+    })
 }
 
 #[cfg(test)]
@@ -242,7 +264,9 @@ mod tests {
     use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
 
     fn parse<'a>(der: &'a CertificateDer<'_>) -> X509Certificate<'a> {
-        X509Certificate::from_der(der.as_ref()).expect("minted DER parses").1
+        X509Certificate::from_der(der.as_ref())
+            .expect("minted DER parses")
+            .1
     }
 
     fn sans(cert: &X509Certificate<'_>) -> Vec<String> {
@@ -283,7 +307,9 @@ mod tests {
         CertificateAuthority::load_or_create(dir.path()).unwrap();
         let key = CertificateAuthority::key_path(dir.path());
         fs::set_permissions(&key, fs::Permissions::from_mode(0o644)).unwrap();
-        let error = CertificateAuthority::load_or_create(dir.path()).err().unwrap();
+        let error = CertificateAuthority::load_or_create(dir.path())
+            .err()
+            .unwrap();
         assert!(matches!(error, CaError::KeyNotPrivate { .. }), "{error}");
         assert!(error.to_string().contains("chmod 600"), "{error}");
     }

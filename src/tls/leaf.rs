@@ -29,7 +29,10 @@ pub struct LeafCache {
 
 impl LeafCache {
     pub fn new(ca: CertificateAuthority) -> Self {
-        Self { ca, configs: Mutex::new(HashMap::new()) }
+        Self {
+            ca,
+            configs: Mutex::new(HashMap::new()),
+        }
     }
 
     pub fn ca(&self) -> &CertificateAuthority {
@@ -48,8 +51,10 @@ impl LeafCache {
         // Minted outside the lock: two first requests for one host may
         // both mint, which is harmless, while other hosts never wait.
         let leaf = self.ca.mint_leaf(&host)?;
-        let mint_error =
-            |source| CaError::ServerConfig { host: host.clone(), source };
+        let mint_error = |source| CaError::ServerConfig {
+            host: host.clone(),
+            source,
+        };
         let mut config = ServerConfig::builder_with_provider(super::crypto_provider())
             .with_safe_default_protocol_versions()
             .map_err(mint_error)?
@@ -59,8 +64,13 @@ impl LeafCache {
         config.alpn_protocols = ALPN.iter().map(|p| p.to_vec()).collect();
         let config = Arc::new(config);
         let renew_at = leaf.not_after - RENEW_BEFORE_EXPIRY;
-        self.lock()
-            .insert(host, CachedConfig { config: config.clone(), renew_at });
+        self.lock().insert(
+            host,
+            CachedConfig {
+                config: config.clone(),
+                renew_at,
+            },
+        );
         Ok(config)
     }
 

@@ -37,9 +37,9 @@ pub fn upstream_client_config(trust: UpstreamTrust<'_>) -> Result<Arc<ClientConf
     let builder = ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()?;
     let mut config = match trust {
-        UpstreamTrust::Verify { extra_cas } => {
-            builder.with_root_certificates(root_store(extra_cas)?).with_no_client_auth()
-        }
+        UpstreamTrust::Verify { extra_cas } => builder
+            .with_root_certificates(root_store(extra_cas)?)
+            .with_no_client_auth(),
         UpstreamTrust::Insecure => builder
             .dangerous()
             .with_custom_certificate_verifier(Arc::new(AcceptAnyCertificate(provider)))
@@ -78,7 +78,10 @@ fn read_ca_file(path: &Path) -> Result<Vec<CertificateDer<'static>>, RootsError>
 }
 
 fn ca_file_error(path: &Path, reason: impl std::fmt::Display) -> RootsError {
-    RootsError::CaFile { path: path.to_owned(), reason: reason.to_string() }
+    RootsError::CaFile {
+        path: path.to_owned(),
+        reason: reason.to_string(),
+    }
 }
 
 /// `--insecure-upstream`: the chain is not checked, but handshake
