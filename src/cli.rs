@@ -2,13 +2,15 @@
 //! `REGPROXY_*` environment variable; a flag given on the command line
 //! wins. Repeatable flags take a comma-separated list from the environment.
 
+use std::ffi::OsString;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand};
+use clap::parser::ValueSource;
+use clap::{ArgMatches, Args, Parser, Subcommand};
 
-use crate::config::{default_ca_dir, ProxyConfig};
+use crate::config::{default_ca_dir, ConfigError, FileConfig, HostPattern, ProxyConfig};
 use crate::proxy::upstream::ResolveRule;
 
 #[derive(Debug, Parser)]
@@ -22,6 +24,20 @@ pub struct Cli {
 pub enum Command {
     /// Run the proxy daemon.
     Run(RunArgs),
+    /// Run a command with regproxy in front of it: a proxy on a free
+    /// loopback port, HTTPS_PROXY/HTTP_PROXY and SSL_CERT_FILE set for
+    /// the command, a summary when it exits.
+    #[command(arg_required_else_help = true)]
+    Exec {
+        #[command(flatten)]
+        run: RunArgs,
+        /// The command and its arguments, after `--`.
+        #[arg(last = true, required = true, value_name = "CMD")]
+        command: Vec<OsString>,
+    },
+    /// Print shell lines that point clients at a running daemon:
+    /// `eval "$(regproxy env)"`.
+    Env(RunArgs),
     /// Show regproxy's CA certificate, the one clients must trust.
     Ca {
         #[command(subcommand)]
@@ -53,17 +69,34 @@ impl CaDirArg {
     }
 }
 
+/// Options of the proxy, shared by `run`, `exec` and `env`. Defaults live
+/// in [`ProxyConfig`] and [`DEFAULT_LISTEN`], not here, so that a value
+/// from the config file can tell itself apart from one the user gave.
 #[derive(Debug, Args)]
 pub struct RunArgs {
-    /// Address to listen on. Keep it on loopback: anyone who can reach it
-    /// can use it as a proxy.
-    #[arg(long, env = "REGPROXY_LISTEN", default_value = "127.0.0.1:3128")]
-    pub listen: SocketAddr,
+    /// TOML file with any of these options (see config/regproxy.toml).
+    /// Flags and environment variables override it.
+    #[arg(long, env = "REGPROXY_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    /// Check the configuration (file, CA, upstream CAs) and exit.
+    #[arg(long)]
+    pub check: bool,
+
+    /// Address to listen on [default: 127.0.0.1:3128]. Keep it on
+    /// loopback: anyone who can reach it can use it as a proxy.
+    #[arg(long, env = "REGPROXY_LISTEN")]
+    pub listen: Option<SocketAddr>,
 
     /// Answer blob existence checks with 404 and strip cross-repository
     /// mounts, so clients upload every layer again.
     #[arg(long, env = "REGPROXY_SKIP_EXISTING_LAYERS")]
     pub skip_existing_layers: bool,
+
+    /// Answer manifest existence checks with 404, for clients that skip a
+    /// whole image when its manifest exists (crane, oras, regctl).
+    #[arg(long, env = "REGPROXY_SKIP_EXISTING_MANIFESTS")]
+    pub skip_existing_manifests: bool,
 
     #[command(flatten)]
     pub ca: CaDirArg,
@@ -93,34 +126,96 @@ pub struct RunArgs {
     )]
     pub resolve: Vec<ResolveRule>,
 
-    /// Seconds that in-flight requests get to finish after SIGINT or
-    /// SIGTERM.
+    /// Intercept only CONNECT targets matching HOST[:PORT] (`*` as a
+    /// wildcard); tunnel every other host untouched. Repeatable
+    /// [default: intercept all].
     #[arg(
         long,
-        env = "REGPROXY_DRAIN_TIMEOUT",
-        value_name = "SECONDS",
-        default_value_t = 30
+        env = "REGPROXY_INTERCEPT",
+        value_name = "HOST[:PORT]",
+        value_delimiter = ','
     )]
-    pub drain_timeout: u64,
+    pub intercept: Vec<HostPattern>,
+
+    /// Seconds that in-flight requests get to finish after SIGINT or
+    /// SIGTERM [default: 30].
+    #[arg(long, env = "REGPROXY_DRAIN_TIMEOUT", value_name = "SECONDS")]
+    pub drain_timeout: Option<u64>,
+}
+
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:3128";
+
+/// What `run` works with once flags, environment and file are merged.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub listen: SocketAddr,
+    pub proxy: ProxyConfig,
 }
 
 impl RunArgs {
-    pub fn proxy_config(&self) -> ProxyConfig {
-        ProxyConfig {
-            skip_existing_layers: self.skip_existing_layers,
-            ca_dir: self.ca.resolve(),
-            upstream_cas: self.upstream_ca.clone(),
-            insecure_upstream: self.insecure_upstream,
-            resolve: self.resolve.clone(),
-            drain_timeout: Duration::from_secs(self.drain_timeout),
+    /// Merges the config file (if any) under the flags and environment.
+    /// `matches` are this subcommand's, to tell a value the user gave
+    /// from a default.
+    pub fn settings(&self, matches: &ArgMatches) -> Result<Settings, ConfigError> {
+        let file = match &self.config {
+            Some(path) => FileConfig::load(path)?,
+            None => FileConfig::default(),
+        };
+        let given = |id: &str| {
+            matches!(
+                matches.value_source(id),
+                Some(ValueSource::CommandLine | ValueSource::EnvVariable)
+            )
+        };
+        let flag = |id: &str, value: bool, from_file: Option<bool>| match from_file {
+            Some(from_file) if !given(id) => from_file,
+            _ => value,
+        };
+        fn list<T: Clone>(given: bool, value: &[T], from_file: Option<Vec<T>>) -> Vec<T> {
+            match from_file {
+                Some(from_file) if !given => from_file,
+                _ => value.to_vec(),
+            }
         }
+        let default_listen = DEFAULT_LISTEN.parse().expect("default listen address parses");
+        let defaults = ProxyConfig::new(default_ca_dir());
+        let proxy = ProxyConfig {
+            skip_existing_layers: flag(
+                "skip_existing_layers",
+                self.skip_existing_layers,
+                file.skip_existing_layers,
+            ),
+            skip_existing_manifests: flag(
+                "skip_existing_manifests",
+                self.skip_existing_manifests,
+                file.skip_existing_manifests,
+            ),
+            ca_dir: self.ca.ca_dir.clone().or(file.ca_dir).unwrap_or(defaults.ca_dir),
+            upstream_cas: list(given("upstream_ca"), &self.upstream_ca, file.upstream_ca),
+            insecure_upstream: flag(
+                "insecure_upstream",
+                self.insecure_upstream,
+                file.insecure_upstream,
+            ),
+            resolve: list(given("resolve"), &self.resolve, file.resolve),
+            intercept: list(given("intercept"), &self.intercept, file.intercept),
+            drain_timeout: self
+                .drain_timeout
+                .or(file.drain_timeout)
+                .map(Duration::from_secs)
+                .unwrap_or(defaults.drain_timeout),
+        };
+        Ok(Settings {
+            listen: self.listen.or(file.listen).unwrap_or(default_listen),
+            proxy,
+        })
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use clap::CommandFactory;
+    use clap::{CommandFactory, FromArgMatches};
 
     #[test]
     fn cli_definition_is_consistent() {
@@ -146,7 +241,76 @@ mod tests {
         };
         assert!(args.skip_existing_layers);
         assert_eq!(args.resolve.len(), 2);
-        assert_eq!(args.proxy_config().resolve[1].addr.to_string(), "::1");
+        assert_eq!(args.resolve[1].addr.to_string(), "::1");
+    }
+
+    fn settings_from(args: &[&str], file: &str) -> Settings {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("regproxy.toml");
+        std::fs::write(&path, file).unwrap();
+        let mut argv = vec!["regproxy", "run", "--config", path.to_str().unwrap()];
+        argv.extend_from_slice(args);
+        let matches = Cli::command().try_get_matches_from(argv).unwrap();
+        let run = matches.subcommand_matches("run").unwrap();
+        let Command::Run(parsed) = Cli::from_arg_matches(&matches).unwrap().command else {
+            panic!("not run")
+        };
+        parsed.settings(run).unwrap()
+    }
+
+    #[test]
+    fn file_fills_in_what_flags_leave_out() {
+        let file = "listen = \"127.0.0.1:4000\"\nskip_existing_layers = true\n\
+                    resolve = [\"r.test:443:127.0.0.1\"]\ndrain_timeout = 5\n";
+        let settings = settings_from(&[], file);
+        assert_eq!(settings.listen.port(), 4000);
+        assert!(settings.proxy.skip_existing_layers);
+        assert_eq!(settings.proxy.resolve.len(), 1);
+        assert_eq!(settings.proxy.drain_timeout, Duration::from_secs(5));
+    }
+
+    #[test]
+    fn flags_win_over_the_file() {
+        let file = "listen = \"127.0.0.1:4000\"\nresolve = [\"r.test:443:127.0.0.1\"]\n";
+        let flags = [
+            "--listen",
+            "127.0.0.1:5000",
+            "--resolve",
+            "s.test:1:::1",
+            "--resolve",
+            "t.test:1:::1",
+        ];
+        let settings = settings_from(&flags, file);
+        assert_eq!(settings.listen.port(), 5000);
+        assert_eq!(settings.proxy.resolve.len(), 2);
+    }
+
+    #[test]
+    fn defaults_apply_without_file_or_flags() {
+        let settings = settings_from(&[], "");
+        assert_eq!(settings.listen.to_string(), DEFAULT_LISTEN);
+        assert!(!settings.proxy.skip_existing_layers);
+        assert!(settings.proxy.intercept.is_empty());
+        assert_eq!(settings.proxy.drain_timeout, Duration::from_secs(30));
+    }
+
+    #[test]
+    fn exec_takes_run_options_and_a_command() {
+        let cli = Cli::try_parse_from([
+            "regproxy",
+            "exec",
+            "--skip-existing-layers",
+            "--",
+            "skopeo",
+            "copy",
+            "--all",
+        ])
+        .unwrap();
+        let Command::Exec { run, command } = cli.command else {
+            panic!("not exec")
+        };
+        assert!(run.skip_existing_layers);
+        assert_eq!(command, ["skopeo", "copy", "--all"]);
     }
 
     #[test]

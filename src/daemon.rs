@@ -5,28 +5,39 @@ use std::time::Duration;
 use anyhow::Context;
 use tokio::net::TcpListener;
 
-use crate::cli::RunArgs;
+use crate::cli::Settings;
 use crate::proxy::{self, Proxy};
 use crate::tls::ca::CertificateAuthority;
 
-pub async fn run(args: RunArgs) -> anyhow::Result<()> {
-    let config = args.proxy_config();
+/// Validates the settings as `run` would (CA, upstream trust), then stops.
+pub fn check(settings: &Settings) -> anyhow::Result<()> {
+    Proxy::new(&settings.proxy)?;
+    println!(
+        "configuration OK: listen {}, mode {}, CA {}",
+        settings.listen,
+        settings.proxy.mode(),
+        CertificateAuthority::cert_path(&settings.proxy.ca_dir).display()
+    );
+    Ok(())
+}
+
+pub async fn run(settings: Settings) -> anyhow::Result<()> {
+    let config = settings.proxy;
     let proxy = Proxy::new(&config)?;
-    let listener = TcpListener::bind(args.listen)
+    let listener = TcpListener::bind(settings.listen)
         .await
-        .with_context(|| format!("cannot listen on {}", args.listen))?;
-    let mode = if config.skip_existing_layers {
-        "skip-existing-layers"
-    } else {
-        "pass-through"
-    };
+        .with_context(|| format!("cannot listen on {}", settings.listen))?;
     tracing::info!(
         version = env!("CARGO_PKG_VERSION"),
         listen = %listener.local_addr()?,
-        mode,
+        mode = config.mode(),
         ca = %CertificateAuthority::cert_path(&config.ca_dir).display(),
         "regproxy started"
     );
+    if !config.intercept.is_empty() {
+        let hosts: Vec<String> = config.intercept.iter().map(ToString::to_string).collect();
+        tracing::info!("intercepting only {}; tunnelling every other host untouched", hosts.join(", "));
+    }
     if config.insecure_upstream {
         tracing::warn!(
             "--insecure-upstream: upstream registry certificates are NOT verified; \

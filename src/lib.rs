@@ -6,6 +6,7 @@
 //! - [`cli`]: command-line flags and their environment variables;
 //! - [`config`]: the typed configuration the daemon runs with;
 //! - [`daemon`]: `regproxy run`, from bind to shutdown;
+//! - [`exec`]: `regproxy exec` and `regproxy env`, pointing clients at it;
 //! - [`logging`]: log output;
 //! - [`proxy`]: accept, intercept, forward, respond;
 //! - [`registry`]: the registry API's paths and skip mode's decisions;
@@ -15,6 +16,7 @@
 pub mod cli;
 pub mod config;
 pub mod daemon;
+pub mod exec;
 pub mod logging;
 pub mod proxy;
 pub mod registry;

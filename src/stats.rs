@@ -44,3 +44,62 @@ impl Stats {
 pub fn bump(counter: &AtomicU64) {
     counter.fetch_add(1, Ordering::Relaxed);
 }
+
+impl std::fmt::Display for StatsSnapshot {
+    /// One line for a human: what regproxy did during a push.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} requests, {} HEADs answered 404, {} mounts stripped, \
+             {} blobs uploaded ({})",
+            self.requests,
+            self.heads_answered_not_found,
+            self.mounts_stripped,
+            self.blobs_uploaded,
+            human_bytes(self.upload_bytes),
+        )
+    }
+}
+
+/// `1.5 MiB`, `812 B`: sizes as people read them.
+pub fn human_bytes(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_read_like_people_write_them() {
+        assert_eq!(human_bytes(812), "812 B");
+        assert_eq!(human_bytes(1536), "1.5 KiB");
+        assert_eq!(human_bytes(64 << 20), "64.0 MiB");
+    }
+
+    #[test]
+    fn summary_names_every_counter() {
+        let stats = StatsSnapshot {
+            requests: 9,
+            heads_answered_not_found: 3,
+            mounts_stripped: 1,
+            blobs_uploaded: 3,
+            upload_bytes: 2048,
+        };
+        assert_eq!(
+            stats.to_string(),
+            "9 requests, 3 HEADs answered 404, 1 mounts stripped, 3 blobs uploaded (2.0 KiB)"
+        );
+    }
+}

@@ -12,6 +12,7 @@ fn proxy_for(registry: &Registry, skip_existing_layers: bool) -> RunningProxy {
         skip_existing_layers,
         upstream_ca: registry.ca_file.clone(),
         resolve_ports: vec![registry.port],
+        ..ProxyOptions::default()
     })
 }
 

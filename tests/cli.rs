@@ -93,3 +93,54 @@ fn readable_ca_key_is_refused_with_the_chmod_to_run() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("chmod 600"), "{stderr}");
 }
+
+#[test]
+fn check_accepts_the_example_config() {
+    let dir = tempfile::tempdir().unwrap();
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/config/regproxy.toml");
+    let output = Command::new(REGPROXY)
+        .args(["run", "--check", "--config", example, "--ca-dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{output:?}");
+    assert!(stdout.contains("configuration OK"), "{stdout}");
+    assert!(stdout.contains("127.0.0.1:3128"), "{stdout}");
+}
+
+#[test]
+fn bad_config_file_fails_naming_file_and_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("bad.toml");
+    std::fs::write(&file, "listen = \"127.0.0.1:1\"\nintercept = [\"no spaces allowed\"]\n").unwrap();
+    let output = Command::new(REGPROXY)
+        .args(["run", "--check", "--config"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains(&file.display().to_string()), "{stderr}");
+    assert!(stderr.contains("intercept"), "{stderr}");
+    assert!(stderr.contains("line 2"), "{stderr}");
+}
+
+#[test]
+fn env_prints_shell_lines_for_the_daemon() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = Command::new(REGPROXY)
+        .args(["env", "--listen", "127.0.0.1:3999", "--ca-dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(stdout.contains("export HTTPS_PROXY=http://127.0.0.1:3999"), "{stdout}");
+    let bundle = dir.path().join("ca-bundle.pem");
+    assert!(stdout.contains(&format!("export SSL_CERT_FILE='{}'", bundle.display())), "{stdout}");
+    let ca = std::fs::read_to_string(dir.path().join("ca.crt")).unwrap();
+    assert!(std::fs::read_to_string(bundle).unwrap().ends_with(&ca));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("nothing is listening"), "{stderr}");
+}

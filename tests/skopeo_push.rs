@@ -2,49 +2,27 @@
 
 use std::fs;
 
-use crate::support::image::{read_layout, sha256_file, OciImage};
+use crate::support::image::{sha256_file, OciImage};
 use crate::support::registry::{Registry, REGISTRY_BINARY};
-use crate::support::{curl, curl_status, have, run_ok, skopeo, ProxyOptions, RunningProxy};
+use crate::support::{curl, curl_status, have, skopeo, ProxyOptions, RunningProxy};
 
 fn proxy_for(registry: &Registry, skip_existing_layers: bool) -> RunningProxy {
     RunningProxy::start(ProxyOptions {
         skip_existing_layers,
         upstream_ca: registry.ca_file.clone(),
         resolve_ports: vec![registry.port],
+        ..ProxyOptions::default()
     })
 }
 
-fn destination(registry: &Registry) -> String {
-    format!("docker://{}/team/app:1", registry.host())
-}
+const REPOSITORY: &str = "team/app:1";
 
 fn push(proxy: &RunningProxy, registry: &Registry, image: &OciImage) {
-    let mut command = skopeo(proxy);
-    command.args(["copy", "--quiet"]);
-    if registry.ca_file.is_some() {
-        command.arg("--dest-cert-dir").arg(proxy.cert_dir());
-    } else {
-        command.arg("--dest-tls-verify=false");
-    }
-    run_ok(command.arg(image.reference()).arg(destination(registry)));
+    skopeo::push(proxy, registry, image, REPOSITORY);
 }
 
-/// Pulls the image back through the proxy into a fresh layout and checks
-/// that the manifest and every layer are byte-identical to what was pushed.
 fn assert_pulls_back_identical(proxy: &RunningProxy, registry: &Registry, image: &OciImage) {
-    let pulled = tempfile::tempdir().unwrap();
-    let mut command = skopeo(proxy);
-    command.args(["copy", "--quiet"]);
-    if registry.ca_file.is_some() {
-        command.arg("--src-cert-dir").arg(proxy.cert_dir());
-    } else {
-        command.arg("--src-tls-verify=false");
-    }
-    let target = format!("oci:{}:1", pulled.path().join("image").display());
-    run_ok(command.arg(destination(registry)).arg(target));
-    let (manifest, layers) = read_layout(&pulled.path().join("image"));
-    assert_eq!(manifest, image.manifest, "pulled manifest differs");
-    assert_eq!(layers, image.layers, "pulled layers differ");
+    skopeo::assert_pulls_back_identical(proxy, registry, image, REPOSITORY);
 }
 
 #[test]

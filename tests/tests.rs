@@ -6,5 +6,9 @@ mod support;
 
 mod blob_protocol;
 mod cli;
+mod containerd_push;
+mod exec;
+mod intercept;
+mod manifest_shortcut;
 mod skopeo_push;
 mod upstream_failures;

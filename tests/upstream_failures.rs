@@ -15,6 +15,7 @@ fn untrusted_upstream_certificate_gives_502_naming_the_host() {
         skip_existing_layers: false,
         upstream_ca: None,
         resolve_ports: vec![registry.port],
+        ..ProxyOptions::default()
     });
     let response = curl_exchange(curl(&proxy).arg(registry.url("")));
     assert_eq!(response.status, 502, "{response:#?}");
@@ -37,6 +38,7 @@ fn unreachable_upstream_gives_502_and_the_daemon_serves_others() {
         skip_existing_layers: true,
         upstream_ca: registry.ca_file.clone(),
         resolve_ports: vec![registry.port, dead_port],
+        ..ProxyOptions::default()
     });
     let dead = format!("https://registry.test:{dead_port}/v2/");
     let refused = curl_exchange(curl(&proxy).arg(&dead));
@@ -58,6 +60,7 @@ fn request_aimed_at_the_proxy_itself_gets_400() {
         skip_existing_layers: false,
         upstream_ca: None,
         resolve_ports: vec![],
+        ..ProxyOptions::default()
     });
     if !have(&["curl"]) {
         return;

@@ -39,8 +39,10 @@ const H2_CONNECTION_WINDOW: u32 = 16 << 20;
 /// Larger DATA frames mean fewer frame headers and wake-ups per layer.
 const H2_MAX_FRAME_SIZE: u32 = 256 << 10;
 
-/// Answers a `CONNECT` and intercepts the tunnel in the background.
-pub fn handle_connect(
+/// Answers a `CONNECT`. Intercepted targets get 200 at once and are
+/// served in the background; others are tunnelled byte for byte once the
+/// upstream connection is open, or get a 502 saying why it is not.
+pub async fn handle_connect(
     proxy: Arc<Proxy>,
     client: SocketAddr,
     request: Request<Incoming>,
@@ -49,25 +51,61 @@ pub fn handle_connect(
     let Some(authority) = tunnel_authority(&request) else {
         return respond::bad_request("CONNECT needs a host:port target");
     };
+    let port = authority.port_u16().unwrap_or(443);
+    if !proxy.intercepts(authority.host(), port) {
+        return tunnel_untouched(proxy, client, request, authority, watcher).await;
+    }
     tracing::debug!(%client, target = %authority, "tunnel opened");
     tokio::spawn(async move {
-        let upgraded = match hyper::upgrade::on(request).await {
-            Ok(upgraded) => upgraded,
-            Err(error) => {
-                tracing::debug!(%client, "tunnel upgrade failed: {error}");
-                return;
-            }
-        };
-        let tunnel = Tunnel {
-            proxy,
-            client,
-            authority,
-            watcher,
-        };
+        let Some(upgraded) = upgrade(request, client).await else { return };
+        let tunnel = Tunnel { proxy, client, authority, watcher };
         if let Err(error) = tunnel.intercept(TokioIo::new(upgraded)).await {
             tracing::debug!(%client, "tunnel closed: {error}");
         }
     });
+    connection_established()
+}
+
+/// A tunnel to a host that is not intercepted: bytes are copied both ways
+/// untouched, so the client sees the host's own certificate.
+async fn tunnel_untouched(
+    proxy: Arc<Proxy>,
+    client: SocketAddr,
+    request: Request<Incoming>,
+    authority: Authority,
+    watcher: Option<Watcher>,
+) -> Response<ProxyBody> {
+    let port = authority.port_u16().unwrap_or(443);
+    let mut upstream = match proxy.connector.open_tcp(authority.host(), port).await {
+        Ok(upstream) => upstream,
+        Err(error) => {
+            tracing::warn!(%client, "{error}");
+            return respond::bad_gateway(error.to_string());
+        }
+    };
+    tokio::spawn(async move {
+        // Held until the tunnel closes, so a graceful shutdown waits for it.
+        let _watcher = watcher;
+        let Some(upgraded) = upgrade(request, client).await else { return };
+        let mut downstream = TokioIo::new(upgraded);
+        let copied = tokio::io::copy_bidirectional(&mut downstream, &mut upstream).await;
+        let (up, down) = copied.unwrap_or_default();
+        tracing::info!(%client, up, down, "CONNECT {authority} tunnelled, not intercepted");
+    });
+    connection_established()
+}
+
+async fn upgrade(request: Request<Incoming>, client: SocketAddr) -> Option<hyper::upgrade::Upgraded> {
+    match hyper::upgrade::on(request).await {
+        Ok(upgraded) => Some(upgraded),
+        Err(error) => {
+            tracing::debug!(%client, "tunnel upgrade failed: {error}");
+            None
+        }
+    }
+}
+
+fn connection_established() -> Response<ProxyBody> {
     let mut response = Response::new(body::empty());
     *response.status_mut() = StatusCode::OK;
     response

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use http::header::{self, HeaderMap, HeaderName};
 use http::uri::{Authority, PathAndQuery, Scheme};
-use http::{Method, Request, Response, StatusCode, Uri, Version};
+use http::{Method, Request, Response, Uri, Version};
 use http_body::Body;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
@@ -56,11 +56,11 @@ pub async fn forward(
     let route = Route::parse(path_and_query.path());
     let query = path_and_query.query();
     let verdict = skip::decide(
-        proxy.skip_existing_layers,
+        proxy.skip,
         request.method(),
         &route,
         query,
-        |name, digest| proxy.uploaded.contains(&host, name, digest),
+        &proxy.memory.at(&host),
     );
     let exchange = Exchange::new(
         client,
@@ -76,7 +76,7 @@ pub async fn forward(
         Verdict::AnswerNotFound => {
             bump(&proxy.stats.heads_answered_not_found);
             exchange.set_status(404);
-            return respond::blob_not_found();
+            return respond::not_found();
         }
         Verdict::StripMount { query } => {
             bump(&proxy.stats.mounts_stripped);
@@ -110,8 +110,8 @@ pub async fn forward(
 
     let status = response.status();
     exchange.set_status(status.as_u16());
-    record_completed_upload(&proxy, &host, &route, &path_and_query, &exchange, status);
     let (mut parts, body) = response.into_parts();
+    remember_pushes(&proxy, &host, &route, &path_and_query, &exchange, &parts);
     strip_hop_by_hop(&mut parts.headers);
     let body = Metered::new(body, exchange, Direction::Down).boxed();
     Response::from_parts(parts, body)
@@ -195,23 +195,30 @@ fn clone_head(request: &Request<ProxyBody>) -> Request<ProxyBody> {
     copy
 }
 
-fn record_completed_upload(
+/// Remembers blobs and manifests the registry just accepted, so skip
+/// mode lets their next existence check through.
+fn remember_pushes(
     proxy: &Proxy,
     host: &str,
     route: &Route,
     path_and_query: &PathAndQuery,
     exchange: &Exchange,
-    status: StatusCode,
+    response: &http::response::Parts,
 ) {
-    let query = path_and_query.query();
-    let Some(digest) = skip::completed_upload(&exchange.method, route, query, status.as_u16())
-    else {
-        return;
-    };
     let Some(name) = route.name() else { return };
-    bump(&proxy.stats.blobs_uploaded);
-    proxy.uploaded.record(host, name, &digest);
-    tracing::debug!(%host, repository = name, %digest, "blob upload completed");
+    let (method, status) = (&exchange.method, response.status.as_u16());
+    if let Some(digest) = skip::completed_upload(method, route, path_and_query.query(), status) {
+        bump(&proxy.stats.blobs_uploaded);
+        proxy.memory.record_blob(host, name, &digest);
+        tracing::debug!(%host, repository = name, %digest, "blob upload completed");
+    }
+    let digest = response
+        .headers
+        .get("docker-content-digest")
+        .and_then(|v| v.to_str().ok());
+    for reference in skip::pushed_manifest(method, route, status, digest) {
+        proxy.memory.record_manifest(host, name, reference);
+    }
 }
 
 /// Removes hop-by-hop headers, including any the `Connection` header

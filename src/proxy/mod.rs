@@ -22,8 +22,8 @@ use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use tokio::net::{TcpListener, TcpStream};
 
-use crate::config::ProxyConfig;
-use crate::registry::skip::UploadedBlobs;
+use crate::config::{HostPattern, ProxyConfig};
+use crate::registry::skip::{SessionMemory, SkipMode};
 use crate::stats::{Stats, StatsSnapshot};
 use crate::tls::ca::{CaError, CertificateAuthority};
 use crate::tls::leaf::LeafCache;
@@ -48,10 +48,14 @@ pub enum SetupError {
 
 /// Everything the connections of one daemon share.
 pub struct Proxy {
-    skip_existing_layers: bool,
+    skip: SkipMode,
+    /// `CONNECT` targets to intercept; empty means all.
+    intercept: Vec<HostPattern>,
     leaves: LeafCache,
+    /// Opens raw connections for tunnels that are not intercepted.
+    connector: upstream::Connector,
     upstream: upstream::UpstreamClient,
-    uploaded: UploadedBlobs,
+    memory: SessionMemory,
     stats: Arc<Stats>,
 }
 
@@ -66,13 +70,24 @@ impl Proxy {
             }
         };
         let tls = roots::upstream_client_config(trust)?;
+        let connector = upstream::Connector::new(tls, &config.resolve);
         Ok(Arc::new(Self {
-            skip_existing_layers: config.skip_existing_layers,
+            skip: SkipMode {
+                layers: config.skip_existing_layers,
+                manifests: config.skip_existing_manifests,
+            },
+            intercept: config.intercept.clone(),
             leaves: LeafCache::new(ca),
-            upstream: upstream::client(tls, &config.resolve),
-            uploaded: UploadedBlobs::default(),
+            upstream: upstream::client(connector.clone()),
+            connector,
+            memory: SessionMemory::default(),
             stats: Arc::default(),
         }))
+    }
+
+    /// Whether a `CONNECT` to `host:port` is TLS-terminated.
+    fn intercepts(&self, host: &str, port: u16) -> bool {
+        self.intercept.is_empty() || self.intercept.iter().any(|p| p.matches(host, port))
     }
 
     /// The CA certificate clients must trust, as PEM.
@@ -148,7 +163,7 @@ async fn serve_client(
         async move {
             let response = if request.method() == Method::CONNECT {
                 let watcher = inner.lock().unwrap_or_else(|e| e.into_inner()).take();
-                connect::handle_connect(proxy, client, request, watcher)
+                connect::handle_connect(proxy, client, request, watcher).await
             } else {
                 forward::forward(proxy, client, None, request).await
             };

@@ -7,9 +7,9 @@ use http::{Response, StatusCode, Uri};
 use super::body::{self, error_chain, ProxyBody};
 use super::upstream::UpstreamError;
 
-/// Skip mode's answer to a blob existence check: exactly what a registry
-/// says of a blob it does not have, minus the body (it answers a HEAD).
-pub fn blob_not_found() -> Response<ProxyBody> {
+/// Skip mode's answer to an existence check: what a registry says of a
+/// blob or manifest it does not have, minus the body (it answers a HEAD).
+pub fn not_found() -> Response<ProxyBody> {
     let mut response = Response::new(body::empty());
     *response.status_mut() = StatusCode::NOT_FOUND;
     response

@@ -96,15 +96,7 @@ pub enum UpstreamError {
 /// The pooled HTTP client every forwarded request goes through.
 pub type UpstreamClient = Client<Connector, ProxyBody>;
 
-pub fn client(tls: Arc<ClientConfig>, resolve: &[ResolveRule]) -> UpstreamClient {
-    let overrides = resolve
-        .iter()
-        .map(|r| ((r.host.clone(), r.port), r.addr))
-        .collect();
-    let connector = Connector {
-        tls: TlsConnector::from(tls),
-        overrides: Arc::new(overrides),
-    };
+pub fn client(connector: Connector) -> UpstreamClient {
     Client::builder(TokioExecutor::new())
         .pool_idle_timeout(POOL_IDLE_TIMEOUT)
         // Never resend a request on our own: a replayed PATCH or PUT would
@@ -137,6 +129,24 @@ impl tower_service::Service<Uri> for Connector {
 }
 
 impl Connector {
+    pub fn new(tls: Arc<ClientConfig>, resolve: &[ResolveRule]) -> Self {
+        let overrides = resolve
+            .iter()
+            .map(|r| ((r.host.clone(), r.port), r.addr))
+            .collect();
+        Connector { tls: TlsConnector::from(tls), overrides: Arc::new(overrides) }
+    }
+
+    /// A plain TCP connection to `host:port`, `--resolve` applied, for
+    /// tunnels regproxy does not intercept.
+    pub async fn open_tcp(&self, host: &str, port: u16) -> Result<TcpStream, UpstreamError> {
+        let host = host.trim_start_matches('[').trim_end_matches(']').to_ascii_lowercase();
+        let authority = format!("{host}:{port}");
+        tokio::time::timeout(CONNECT_TIMEOUT, self.tcp(&host, port, &authority))
+            .await
+            .map_err(|_| UpstreamError::Timeout { authority: authority.clone() })?
+    }
+
     async fn connect(self, uri: Uri) -> Result<UpstreamStream, UpstreamError> {
         let host = uri
             .host()

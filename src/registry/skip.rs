@@ -1,6 +1,6 @@
 //! Skip mode: what regproxy does with each request so that a client
-//! uploads every layer again. Pure decisions plus the small memory of what
-//! this daemon has seen uploaded.
+//! uploads every layer (or every manifest) again. Pure decisions, plus the
+//! small memory of what this daemon has seen pushed.
 
 use std::collections::HashSet;
 use std::fmt;
@@ -8,20 +8,29 @@ use std::sync::Mutex;
 
 use http::Method;
 
-use super::route::{query_pairs, query_value, Route};
+use super::route::{is_digest, query_pairs, query_value, Route};
 
 /// Query parameters of a cross-repository mount. A registry that honours
 /// them answers 201 and the client skips the upload.
 const MOUNT_PARAMS: [&str; 3] = ["mount", "from", "origin"];
+
+/// Which existence checks regproxy answers itself.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SkipMode {
+    /// Blob HEADs get 404, mounts are stripped.
+    pub layers: bool,
+    /// Manifest HEADs get 404.
+    pub manifests: bool,
+}
 
 /// What to do with one request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Verdict {
     /// Forward unchanged.
     Pass,
-    /// A blob HEAD that skip mode would fake, but this daemon saw the blob
-    /// uploaded to this repository: clients that check a blob right after
-    /// uploading it (the docker daemon) fail the push on a 404.
+    /// A HEAD that skip mode would fake, but this daemon saw that blob or
+    /// manifest pushed to this repository: clients that check a blob right
+    /// after uploading it (the docker daemon) fail the push on a 404.
     PassUploadedThisSession,
     /// Answer `404 Not Found` here; nothing goes upstream.
     AnswerNotFound,
@@ -48,34 +57,55 @@ impl fmt::Display for Verdict {
     }
 }
 
-/// Decides what skip mode does with a request. `uploaded(name, digest)`
-/// says whether this daemon saw that blob uploaded to that repository.
+/// What this daemon has seen pushed to one registry, as [`decide`] asks.
+pub trait PushedThisSession {
+    fn blob(&self, name: &str, digest: &str) -> bool;
+    fn manifest(&self, name: &str, reference: &str) -> bool;
+}
+
+/// Decides what skip mode does with a request.
 pub fn decide(
-    skip_existing_layers: bool,
+    mode: SkipMode,
     method: &Method,
     route: &Route,
     query: Option<&str>,
-    uploaded: impl Fn(&str, &str) -> bool,
+    pushed: &impl PushedThisSession,
 ) -> Verdict {
-    if !skip_existing_layers {
-        return Verdict::Pass;
-    }
+    let head = method == Method::HEAD;
     match route {
-        Route::Blob { name, digest } if method == Method::HEAD => {
-            if uploaded(name, digest) {
+        Route::Blob { name, digest } if mode.layers && head => {
+            if pushed.blob(name, digest) {
                 Verdict::PassUploadedThisSession
             } else {
                 Verdict::AnswerNotFound
             }
         }
-        Route::UploadStart { .. } if method == Method::POST => match query {
+        Route::UploadStart { .. } if mode.layers && method == Method::POST => match query {
             Some(query) if has_mount_params(query) => Verdict::StripMount {
                 query: without_mount_params(query),
             },
             _ => Verdict::Pass,
         },
+        // Referrers fallback tags are an index the client reads, appends
+        // to and writes back: faking their absence would drop referrers.
+        Route::Manifest { reference, .. } if is_referrers_tag(reference) => Verdict::Pass,
+        Route::Manifest { name, reference } if mode.manifests && head => {
+            if pushed.manifest(name, reference) {
+                Verdict::PassUploadedThisSession
+            } else {
+                Verdict::AnswerNotFound
+            }
+        }
         _ => Verdict::Pass,
     }
+}
+
+/// `<algorithm>-<encoded>`: the tag a client keeps the referrers index
+/// under when the registry has no referrers API.
+fn is_referrers_tag(reference: &str) -> bool {
+    reference
+        .split_once('-')
+        .is_some_and(|(algorithm, encoded)| is_digest(&format!("{algorithm}:{encoded}")))
 }
 
 fn has_mount_params(query: &str) -> bool {
@@ -115,29 +145,80 @@ pub fn completed_upload(
     query.and_then(|q| query_value(q, "digest"))
 }
 
-/// Blobs this daemon saw uploaded, per registry host and repository.
-/// Lives as long as the daemon: a restart forgets, which only means the
-/// next post-upload HEAD of a forgotten blob is faked again.
-#[derive(Debug, Default)]
-pub struct UploadedBlobs {
-    seen: Mutex<HashSet<(String, String, String)>>,
+/// The references a manifest PUT answered 201 makes known: the tag or
+/// digest it was pushed by, and the digest the registry computed.
+pub fn pushed_manifest<'a>(
+    method: &Method,
+    route: &'a Route,
+    status: u16,
+    digest_header: Option<&'a str>,
+) -> Vec<&'a str> {
+    match route {
+        Route::Manifest { reference, .. } if method == Method::PUT && status == 201 => {
+            let mut references = vec![reference.as_str()];
+            references.extend(digest_header.filter(|d| is_digest(d)));
+            references
+        }
+        _ => Vec::new(),
+    }
 }
 
-impl UploadedBlobs {
-    pub fn record(&self, host: &str, name: &str, digest: &str) {
-        let key = (host.to_owned(), name.to_owned(), digest.to_owned());
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Kind {
+    Blob,
+    Manifest,
+}
+
+/// Blobs and manifests this daemon saw pushed, per registry host and
+/// repository. Lives as long as the daemon: a restart forgets, which only
+/// means the next HEAD of a forgotten blob is faked again.
+#[derive(Debug, Default)]
+pub struct SessionMemory {
+    seen: Mutex<HashSet<(Kind, String, String, String)>>,
+}
+
+impl SessionMemory {
+    pub fn record_blob(&self, host: &str, name: &str, digest: &str) {
+        self.insert(Kind::Blob, host, name, digest);
+    }
+
+    pub fn record_manifest(&self, host: &str, name: &str, reference: &str) {
+        self.insert(Kind::Manifest, host, name, reference);
+    }
+
+    /// The view of one registry host that [`decide`] consults.
+    pub fn at<'a>(&'a self, host: &'a str) -> impl PushedThisSession + 'a {
+        HostMemory { memory: self, host }
+    }
+
+    fn insert(&self, kind: Kind, host: &str, name: &str, id: &str) {
+        let key = (kind, host.to_owned(), name.to_owned(), id.to_owned());
         self.lock().insert(key);
     }
 
-    pub fn contains(&self, host: &str, name: &str, digest: &str) -> bool {
-        let key = (host.to_owned(), name.to_owned(), digest.to_owned());
+    fn contains(&self, kind: Kind, host: &str, name: &str, id: &str) -> bool {
+        let key = (kind, host.to_owned(), name.to_owned(), id.to_owned());
         self.lock().contains(&key)
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashSet<(String, String, String)>> {
-        // A panic while holding this lock cannot leave the set half-written
-        // (insert is atomic from our side), so a poisoned lock is still good.
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashSet<(Kind, String, String, String)>> {
+        // Entries are inserted whole, so a poisoned set is still consistent.
         self.seen.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+struct HostMemory<'a> {
+    memory: &'a SessionMemory,
+    host: &'a str,
+}
+
+impl PushedThisSession for HostMemory<'_> {
+    fn blob(&self, name: &str, digest: &str) -> bool {
+        self.memory.contains(Kind::Blob, self.host, name, digest)
+    }
+
+    fn manifest(&self, name: &str, reference: &str) -> bool {
+        self.memory.contains(Kind::Manifest, self.host, name, reference)
     }
 }
 
@@ -146,27 +227,34 @@ mod tests {
     use super::*;
 
     const DIGEST: &str = "sha256:6c3c624b58dbbcd3c0dd82b4c53f04194d1247c6eebdaab7c610cf7d66709b3b";
+    const LAYERS: SkipMode = SkipMode { layers: true, manifests: false };
+    const MANIFESTS: SkipMode = SkipMode { layers: false, manifests: true };
+    const OFF: SkipMode = SkipMode { layers: false, manifests: false };
 
     fn blob() -> Route {
-        Route::Blob {
-            name: "team/app".into(),
-            digest: DIGEST.into(),
-        }
+        Route::Blob { name: "team/app".into(), digest: DIGEST.into() }
     }
 
     fn start() -> Route {
-        Route::UploadStart {
-            name: "team/app".into(),
-        }
+        Route::UploadStart { name: "team/app".into() }
     }
 
-    fn never(_: &str, _: &str) -> bool {
-        false
+    fn manifest(reference: &str) -> Route {
+        Route::Manifest { name: "team/app".into(), reference: reference.into() }
+    }
+
+    /// Nothing pushed yet.
+    fn none() -> SessionMemory {
+        SessionMemory::default()
+    }
+
+    fn decide_at(mode: SkipMode, method: Method, route: &Route, query: Option<&str>, memory: &SessionMemory) -> Verdict {
+        decide(mode, &method, route, query, &memory.at("reg:443"))
     }
 
     #[test]
     fn blob_head_is_answered_not_found_in_skip_mode() {
-        let verdict = decide(true, &Method::HEAD, &blob(), None, never);
+        let verdict = decide_at(LAYERS, Method::HEAD, &blob(), None, &none());
         assert_eq!(verdict, Verdict::AnswerNotFound);
         assert_eq!(verdict.action(), "fake-404");
     }
@@ -174,107 +262,123 @@ mod tests {
     #[test]
     fn nothing_changes_without_skip_mode() {
         let mount = Some("mount=sha256:x&from=other");
-        assert_eq!(
-            decide(false, &Method::HEAD, &blob(), None, never),
-            Verdict::Pass
-        );
-        assert_eq!(
-            decide(false, &Method::POST, &start(), mount, never),
-            Verdict::Pass
-        );
+        assert_eq!(decide_at(OFF, Method::HEAD, &blob(), None, &none()), Verdict::Pass);
+        assert_eq!(decide_at(OFF, Method::POST, &start(), mount, &none()), Verdict::Pass);
+        assert_eq!(decide_at(OFF, Method::HEAD, &manifest("1"), None, &none()), Verdict::Pass);
     }
 
     #[test]
     fn head_of_blob_uploaded_this_session_passes() {
-        let uploaded = |name: &str, digest: &str| name == "team/app" && digest == DIGEST;
-        let verdict = decide(true, &Method::HEAD, &blob(), None, uploaded);
+        let memory = none();
+        memory.record_blob("reg:443", "team/app", DIGEST);
+        let verdict = decide_at(LAYERS, Method::HEAD, &blob(), None, &memory);
         assert_eq!(verdict, Verdict::PassUploadedThisSession);
+    }
+
+    #[test]
+    fn blob_uploaded_elsewhere_is_still_faked() {
+        let memory = none();
+        memory.record_blob("reg:443", "team/other", DIGEST);
+        memory.record_blob("reg:5000", "team/app", DIGEST);
+        let verdict = decide_at(LAYERS, Method::HEAD, &blob(), None, &memory);
+        assert_eq!(verdict, Verdict::AnswerNotFound);
     }
 
     #[test]
     fn methods_other_than_head_pass() {
         for method in [Method::GET, Method::DELETE, Method::PUT, Method::OPTIONS] {
-            assert_eq!(decide(true, &method, &blob(), None, never), Verdict::Pass);
+            assert_eq!(decide_at(LAYERS, method, &blob(), None, &none()), Verdict::Pass);
         }
     }
 
     #[test]
-    fn manifest_and_session_routes_pass() {
-        let manifest = Route::Manifest {
-            name: "app".into(),
-            reference: "1".into(),
-        };
-        assert_eq!(
-            decide(true, &Method::HEAD, &manifest, None, never),
-            Verdict::Pass
-        );
-        let session = Route::UploadSession {
-            name: "app".into(),
-            session: "u".into(),
-        };
+    fn manifests_pass_in_layer_skip_mode() {
+        let verdict = decide_at(LAYERS, Method::HEAD, &manifest("1"), None, &none());
+        assert_eq!(verdict, Verdict::Pass);
+        let session = Route::UploadSession { name: "app".into(), session: "u".into() };
         let query = Some("mount=x&from=y");
-        assert_eq!(
-            decide(true, &Method::PUT, &session, query, never),
-            Verdict::Pass
-        );
+        assert_eq!(decide_at(LAYERS, Method::PUT, &session, query, &none()), Verdict::Pass);
+    }
+
+    #[test]
+    fn manifest_head_is_faked_in_manifest_skip_mode() {
+        for reference in ["1", "latest", DIGEST] {
+            let verdict = decide_at(MANIFESTS, Method::HEAD, &manifest(reference), None, &none());
+            assert_eq!(verdict, Verdict::AnswerNotFound, "{reference}");
+        }
+        let get = decide_at(MANIFESTS, Method::GET, &manifest("1"), None, &none());
+        assert_eq!(get, Verdict::Pass);
+        let blob_head = decide_at(MANIFESTS, Method::HEAD, &blob(), None, &none());
+        assert_eq!(blob_head, Verdict::Pass);
+    }
+
+    #[test]
+    fn referrers_fallback_tag_passes() {
+        let tag = DIGEST.replace(':', "-");
+        let verdict = decide_at(MANIFESTS, Method::HEAD, &manifest(&tag), None, &none());
+        assert_eq!(verdict, Verdict::Pass);
+        let not_hex = decide_at(MANIFESTS, Method::HEAD, &manifest("sha256-zz"), None, &none());
+        assert_eq!(not_hex, Verdict::AnswerNotFound);
+    }
+
+    #[test]
+    fn manifest_pushed_this_session_passes() {
+        let memory = none();
+        let route = manifest("1");
+        for reference in pushed_manifest(&Method::PUT, &route, 201, Some(DIGEST)) {
+            memory.record_manifest("reg:443", "team/app", reference);
+        }
+        for reference in ["1", DIGEST] {
+            let verdict = decide_at(MANIFESTS, Method::HEAD, &manifest(reference), None, &memory);
+            assert_eq!(verdict, Verdict::PassUploadedThisSession, "{reference}");
+        }
+    }
+
+    #[test]
+    fn only_a_created_manifest_put_counts_as_pushed() {
+        let route = manifest("1");
+        assert!(pushed_manifest(&Method::PUT, &route, 400, Some(DIGEST)).is_empty());
+        assert!(pushed_manifest(&Method::GET, &route, 201, Some(DIGEST)).is_empty());
+        assert_eq!(pushed_manifest(&Method::PUT, &route, 201, Some("junk")), ["1"]);
     }
 
     #[test]
     fn mount_is_stripped_in_skip_mode() {
         let query = format!("mount={}&from=team%2Fbase", DIGEST.replace(':', "%3A"));
-        let verdict = decide(true, &Method::POST, &start(), Some(&query), never);
+        let verdict = decide_at(LAYERS, Method::POST, &start(), Some(&query), &none());
         assert_eq!(verdict, Verdict::StripMount { query: None });
+        assert_eq!(verdict.action(), "mount-stripped");
     }
 
     #[test]
     fn other_parameters_survive_mount_stripping() {
         let query = "from=a&x=%2F1&mount=d&origin=reg.example&y";
-        let verdict = decide(true, &Method::POST, &start(), Some(query), never);
-        assert_eq!(
-            verdict,
-            Verdict::StripMount {
-                query: Some("x=%2F1&y".into())
-            }
-        );
+        let verdict = decide_at(LAYERS, Method::POST, &start(), Some(query), &none());
+        assert_eq!(verdict, Verdict::StripMount { query: Some("x=%2F1&y".into()) });
     }
 
     #[test]
     fn anonymous_mount_without_from_is_stripped_too() {
-        let verdict = decide(true, &Method::POST, &start(), Some("mount=d"), never);
+        let verdict = decide_at(LAYERS, Method::POST, &start(), Some("mount=d"), &none());
         assert_eq!(verdict, Verdict::StripMount { query: None });
     }
 
     #[test]
     fn plain_upload_start_passes() {
-        let verdict = decide(true, &Method::POST, &start(), Some("digest=d"), never);
+        let verdict = decide_at(LAYERS, Method::POST, &start(), Some("digest=d"), &none());
         assert_eq!(verdict, Verdict::Pass);
-        assert_eq!(
-            decide(true, &Method::POST, &start(), None, never),
-            Verdict::Pass
-        );
+        assert_eq!(decide_at(LAYERS, Method::POST, &start(), None, &none()), Verdict::Pass);
     }
 
     #[test]
     fn completed_upload_needs_put_with_digest_and_201() {
-        let session = Route::UploadSession {
-            name: "app".into(),
-            session: "u".into(),
-        };
+        let session = Route::UploadSession { name: "app".into(), session: "u".into() };
         let query = format!("_state=s&digest={}", DIGEST.replace(':', "%3A"));
         let done = completed_upload(&Method::PUT, &session, Some(&query), 201);
         assert_eq!(done.as_deref(), Some(DIGEST));
-        assert_eq!(
-            completed_upload(&Method::PUT, &session, Some(&query), 400),
-            None
-        );
-        assert_eq!(
-            completed_upload(&Method::PATCH, &session, Some(&query), 201),
-            None
-        );
-        assert_eq!(
-            completed_upload(&Method::PUT, &session, Some("_state=s"), 201),
-            None
-        );
+        assert_eq!(completed_upload(&Method::PUT, &session, Some(&query), 400), None);
+        assert_eq!(completed_upload(&Method::PATCH, &session, Some(&query), 201), None);
+        assert_eq!(completed_upload(&Method::PUT, &session, Some("_state=s"), 201), None);
     }
 
     #[test]
@@ -282,18 +386,6 @@ mod tests {
         let query = format!("digest={DIGEST}");
         let done = completed_upload(&Method::POST, &start(), Some(&query), 201);
         assert_eq!(done.as_deref(), Some(DIGEST));
-        assert_eq!(
-            completed_upload(&Method::POST, &start(), Some(&query), 202),
-            None
-        );
-    }
-
-    #[test]
-    fn uploaded_blobs_are_kept_per_host_and_repository() {
-        let blobs = UploadedBlobs::default();
-        blobs.record("reg:443", "app", DIGEST);
-        assert!(blobs.contains("reg:443", "app", DIGEST));
-        assert!(!blobs.contains("reg:443", "other", DIGEST));
-        assert!(!blobs.contains("reg:5000", "app", DIGEST));
+        assert_eq!(completed_upload(&Method::POST, &start(), Some(&query), 202), None);
     }
 }

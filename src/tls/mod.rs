@@ -1,9 +1,11 @@
 //! TLS on both sides of an intercepted tunnel.
 //!
+//! - [`bundle`]: a CA bundle file for clients that take one;
 //! - [`ca`]: regproxy's certificate authority and leaf minting;
 //! - [`leaf`]: who regproxy is to the client, one cached config per host;
 //! - [`roots`]: whom regproxy trusts upstream.
 
+pub mod bundle;
 pub mod ca;
 pub mod leaf;
 pub mod roots;

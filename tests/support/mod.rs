@@ -2,8 +2,10 @@
 //! (in-process, on port 0), and real clients (skopeo, curl). Each starts
 //! on a free port and stops when dropped.
 
+pub mod containerd;
 pub mod image;
 pub mod registry;
+pub mod skopeo;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -62,8 +64,12 @@ pub struct RunningProxy {
     thread: Option<JoinHandle<()>>,
 }
 
+#[derive(Default)]
 pub struct ProxyOptions {
     pub skip_existing_layers: bool,
+    pub skip_existing_manifests: bool,
+    /// `--intercept` patterns; empty intercepts every host.
+    pub intercept: Vec<&'static str>,
     pub upstream_ca: Option<PathBuf>,
     /// Ports of `registry.test` that regproxy resolves to 127.0.0.1.
     pub resolve_ports: Vec<u16>,
@@ -74,6 +80,8 @@ impl RunningProxy {
         let ca_dir = tempfile::tempdir().unwrap();
         let mut config = ProxyConfig::new(ca_dir.path().to_owned());
         config.skip_existing_layers = options.skip_existing_layers;
+        config.skip_existing_manifests = options.skip_existing_manifests;
+        config.intercept = options.intercept.iter().map(|p| p.parse().unwrap()).collect();
         config.upstream_cas = options.upstream_ca.into_iter().collect();
         config.resolve = options
             .resolve_ports
@@ -187,13 +195,18 @@ pub fn skopeo(proxy: &RunningProxy) -> Command {
 /// `curl` through the proxy, trusting regproxy's CA, printing only the
 /// status code unless asked for more.
 pub fn curl(proxy: &RunningProxy) -> Command {
+    curl_trusting(proxy, &proxy.ca_cert())
+}
+
+/// `curl` through the proxy, trusting only the CA in `ca_file`.
+pub fn curl_trusting(proxy: &RunningProxy, ca_file: &Path) -> Command {
     let mut command = Command::new("curl");
     command
         .args(["--silent", "--show-error", "--noproxy", ""])
         .arg("--proxy")
         .arg(proxy.url())
         .arg("--cacert")
-        .arg(proxy.ca_cert());
+        .arg(ca_file);
     command
 }
 
