@@ -177,7 +177,9 @@ impl RunArgs {
                 _ => value.to_vec(),
             }
         }
-        let default_listen = DEFAULT_LISTEN.parse().expect("default listen address parses");
+        let default_listen = DEFAULT_LISTEN
+            .parse()
+            .expect("default listen address parses");
         let defaults = ProxyConfig::new(default_ca_dir());
         let proxy = ProxyConfig {
             skip_existing_layers: flag(
@@ -190,7 +192,12 @@ impl RunArgs {
                 self.skip_existing_manifests,
                 file.skip_existing_manifests,
             ),
-            ca_dir: self.ca.ca_dir.clone().or(file.ca_dir).unwrap_or(defaults.ca_dir),
+            ca_dir: self
+                .ca
+                .ca_dir
+                .clone()
+                .or(file.ca_dir)
+                .unwrap_or(defaults.ca_dir),
             upstream_cas: list(given("upstream_ca"), &self.upstream_ca, file.upstream_ca),
             insecure_upstream: flag(
                 "insecure_upstream",

@@ -92,7 +92,9 @@ impl FromStr for HostPattern {
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let (host, port) = match s.rsplit_once(':') {
             Some((host, port)) if !host.contains(':') => {
-                let port = port.parse().map_err(|_| format!("{s:?}: bad port {port:?}"))?;
+                let port = port
+                    .parse()
+                    .map_err(|_| format!("{s:?}: bad port {port:?}"))?;
                 (host, Some(port))
             }
             _ => (s, None),
@@ -101,7 +103,10 @@ impl FromStr for HostPattern {
         if host.is_empty() || !host.chars().all(valid) {
             return Err(format!("{s:?}: expected HOST[:PORT], `*` allowed in HOST"));
         }
-        Ok(HostPattern { host: host.to_ascii_lowercase(), port })
+        Ok(HostPattern {
+            host: host.to_ascii_lowercase(),
+            port,
+        })
     }
 }
 
@@ -135,13 +140,17 @@ fn glob_matches(pattern: &str, text: &str) -> bool {
 
 impl<'de> Deserialize<'de> for HostPattern {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        String::deserialize(d)?.parse().map_err(serde::de::Error::custom)
+        String::deserialize(d)?
+            .parse()
+            .map_err(serde::de::Error::custom)
     }
 }
 
 impl<'de> Deserialize<'de> for ResolveRule {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        String::deserialize(d)?.parse().map_err(serde::de::Error::custom)
+        String::deserialize(d)?
+            .parse()
+            .map_err(serde::de::Error::custom)
     }
 }
 
@@ -164,16 +173,24 @@ pub struct FileConfig {
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("config file {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("config file {path}: {message}")]
     Parse { path: PathBuf, message: String },
 }
 
 impl FileConfig {
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
-        Self::parse(&text).map_err(|message| ConfigError::Parse { path: path.to_owned(), message })
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::parse(&text).map_err(|message| ConfigError::Parse {
+            path: path.to_owned(),
+            message,
+        })
     }
 
     /// Parses TOML text; the error names the key, its line and the reason.
@@ -214,7 +231,8 @@ mod tests {
 
     #[test]
     fn file_with_an_unknown_key_names_it() {
-        let error = FileConfig::parse("listen = \"127.0.0.1:1\"\nskip_layers = true\n").unwrap_err();
+        let error =
+            FileConfig::parse("listen = \"127.0.0.1:1\"\nskip_layers = true\n").unwrap_err();
         assert!(error.contains("skip_layers"), "{error}");
         assert!(error.contains("line 2"), "{error}");
     }
@@ -235,12 +253,14 @@ mod tests {
         // Commented-out keys must be valid too, once uncommented.
         let uncommented: String = example
             .lines()
-            .map(|line| match line.strip_prefix("# ").and_then(|r| r.split_once(" = ")) {
-                Some((key, _)) if key.chars().all(|c| c.is_ascii_lowercase() || c == '_') => {
-                    &line[2..]
-                }
-                _ => line,
-            })
+            .map(
+                |line| match line.strip_prefix("# ").and_then(|r| r.split_once(" = ")) {
+                    Some((key, _)) if key.chars().all(|c| c.is_ascii_lowercase() || c == '_') => {
+                        &line[2..]
+                    }
+                    _ => line,
+                },
+            )
             .collect::<Vec<_>>()
             .join("\n");
         let all = FileConfig::parse(&uncommented).expect("uncommented example parses");

@@ -36,7 +36,10 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     );
     if !config.intercept.is_empty() {
         let hosts: Vec<String> = config.intercept.iter().map(ToString::to_string).collect();
-        tracing::info!("intercepting only {}; tunnelling every other host untouched", hosts.join(", "));
+        tracing::info!(
+            "intercepting only {}; tunnelling every other host untouched",
+            hosts.join(", ")
+        );
     }
     if config.insecure_upstream {
         tracing::warn!(

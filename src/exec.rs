@@ -28,11 +28,15 @@ pub async fn run(settings: Settings, command: Vec<OsString>) -> anyhow::Result<u
     let proxy = Proxy::new(&settings.proxy)?;
     let listener = TcpListener::bind(("127.0.0.1", 0)).await?;
     let addr = listener.local_addr()?;
-    let bundle_dir = tempfile::Builder::new().prefix("regproxy-exec-").tempdir()?;
+    let bundle_dir = tempfile::Builder::new()
+        .prefix("regproxy-exec-")
+        .tempdir()?;
     let bundle = bundle_dir.path().join("ca-bundle.pem");
     write_bundle(&bundle, proxy.ca_cert_pem()).context("writing the CA bundle")?;
 
-    let no_proxy = std::env::var("NO_PROXY").or_else(|_| std::env::var("no_proxy")).ok();
+    let no_proxy = std::env::var("NO_PROXY")
+        .or_else(|_| std::env::var("no_proxy"))
+        .ok();
     for warning in bypass_warnings(&command, no_proxy.as_deref()) {
         tracing::warn!("{warning}");
     }
@@ -100,7 +104,9 @@ fn shell_lines(addr: SocketAddr, bundle: &Path) -> String {
 fn client_address(listen: SocketAddr) -> SocketAddr {
     match listen.ip() {
         IpAddr::V4(ip) if ip.is_unspecified() => SocketAddr::from(([127, 0, 0, 1], listen.port())),
-        IpAddr::V6(ip) if ip.is_unspecified() => SocketAddr::from(([0u16, 0, 0, 0, 0, 0, 0, 1], listen.port())),
+        IpAddr::V6(ip) if ip.is_unspecified() => {
+            SocketAddr::from(([0u16, 0, 0, 0, 0, 0, 0, 1], listen.port()))
+        }
         _ => listen,
     }
 }
@@ -143,7 +149,10 @@ fn exit_code(status: ExitStatus) -> u8 {
 /// that `NO_PROXY` sends direct.
 pub fn bypass_warnings(command: &[OsString], no_proxy: Option<&str>) -> Vec<String> {
     let mut warnings = Vec::new();
-    for (host, port) in command.iter().filter_map(|arg| registry_host(&arg.to_string_lossy())) {
+    for (host, port) in command
+        .iter()
+        .filter_map(|arg| registry_host(&arg.to_string_lossy()))
+    {
         let shown = port.map_or(host.clone(), |p| format!("{host}:{p}"));
         if is_loopback(&host) {
             let port = port.unwrap_or(443);
@@ -181,8 +190,11 @@ fn registry_host(arg: &str) -> Option<(String, Option<u16>)> {
         _ => (first, None),
     };
     let host = host.trim_start_matches('[').trim_end_matches(']');
-    let hostlike = host.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':'));
-    let registry = host.contains('.') || port.is_some() || host == "localhost" || host.contains(':');
+    let hostlike = host
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':'));
+    let registry =
+        host.contains('.') || port.is_some() || host == "localhost" || host.contains(':');
     (hostlike && registry && !host.is_empty()).then(|| (host.to_ascii_lowercase(), port))
 }
 
@@ -194,18 +206,24 @@ fn is_loopback(host: &str) -> bool {
 /// `*`, an exact host, `host:port`, or a domain suffix (`.example.com`
 /// or `example.com` both match `reg.example.com`).
 fn no_proxy_match(list: &str, host: &str, port: Option<u16>) -> Option<String> {
-    list.split(',').map(str::trim).filter(|e| !e.is_empty()).find_map(|entry| {
-        let (name, entry_port) = match entry.rsplit_once(':') {
-            Some((name, p)) if !name.contains(':') => (name, p.parse::<u16>().ok()),
-            _ => (entry, None),
-        };
-        if entry_port.is_some_and(|p| Some(p) != port) {
-            return None;
-        }
-        let name = name.trim_start_matches("*.").trim_start_matches('.').to_ascii_lowercase();
-        let matches = entry == "*" || host == name || host.ends_with(&format!(".{name}"));
-        matches.then(|| entry.to_owned())
-    })
+    list.split(',')
+        .map(str::trim)
+        .filter(|e| !e.is_empty())
+        .find_map(|entry| {
+            let (name, entry_port) = match entry.rsplit_once(':') {
+                Some((name, p)) if !name.contains(':') => (name, p.parse::<u16>().ok()),
+                _ => (entry, None),
+            };
+            if entry_port.is_some_and(|p| Some(p) != port) {
+                return None;
+            }
+            let name = name
+                .trim_start_matches("*.")
+                .trim_start_matches('.')
+                .to_ascii_lowercase();
+            let matches = entry == "*" || host == name || host.ends_with(&format!(".{name}"));
+            matches.then(|| entry.to_owned())
+        })
 }
 
 #[cfg(test)]
@@ -218,10 +236,22 @@ mod tests {
 
     #[test]
     fn registry_hosts_are_found_in_references() {
-        assert_eq!(registry_host("docker://reg.test:5000/a/b:1"), Some(("reg.test".into(), Some(5000))));
-        assert_eq!(registry_host("reg.test/a:1"), Some(("reg.test".into(), None)));
-        assert_eq!(registry_host("localhost/a"), Some(("localhost".into(), None)));
-        assert_eq!(registry_host("127.0.0.1:5000/a"), Some(("127.0.0.1".into(), Some(5000))));
+        assert_eq!(
+            registry_host("docker://reg.test:5000/a/b:1"),
+            Some(("reg.test".into(), Some(5000)))
+        );
+        assert_eq!(
+            registry_host("reg.test/a:1"),
+            Some(("reg.test".into(), None))
+        );
+        assert_eq!(
+            registry_host("localhost/a"),
+            Some(("localhost".into(), None))
+        );
+        assert_eq!(
+            registry_host("127.0.0.1:5000/a"),
+            Some(("127.0.0.1".into(), Some(5000)))
+        );
         assert_eq!(registry_host("team/app:1"), None);
         assert_eq!(registry_host("oci:./image:1"), None);
         assert_eq!(registry_host("--dest-cert-dir=/x/y"), None);
@@ -230,15 +260,27 @@ mod tests {
 
     #[test]
     fn loopback_registry_gets_a_resolve_hint() {
-        let warnings = bypass_warnings(&args(&["skopeo", "copy", "oci:x:1", "docker://localhost:5000/a:1"]), None);
+        let warnings = bypass_warnings(
+            &args(&["skopeo", "copy", "oci:x:1", "docker://localhost:5000/a:1"]),
+            None,
+        );
         assert_eq!(warnings.len(), 1);
-        assert!(warnings[0].contains("--resolve registry.test:5000:127.0.0.1"), "{}", warnings[0]);
+        assert!(
+            warnings[0].contains("--resolve registry.test:5000:127.0.0.1"),
+            "{}",
+            warnings[0]
+        );
     }
 
     #[test]
     fn no_proxy_entries_that_bypass_are_named() {
         let command = args(&["crane", "push", "x.tar", "eu.reg.example.com/app:1"]);
-        for list in ["*", ".example.com", "example.com", "other.test,eu.reg.example.com"] {
+        for list in [
+            "*",
+            ".example.com",
+            "example.com",
+            "other.test,eu.reg.example.com",
+        ] {
             let warnings = bypass_warnings(&command, Some(list));
             assert_eq!(warnings.len(), 1, "{list}");
             assert!(warnings[0].contains("NO_PROXY"), "{}", warnings[0]);
@@ -258,7 +300,13 @@ mod tests {
 
     #[test]
     fn unspecified_listen_address_is_reached_on_loopback() {
-        assert_eq!(client_address("0.0.0.0:3128".parse().unwrap()).to_string(), "127.0.0.1:3128");
-        assert_eq!(client_address("[::]:1".parse().unwrap()).to_string(), "[::1]:1");
+        assert_eq!(
+            client_address("0.0.0.0:3128".parse().unwrap()).to_string(),
+            "127.0.0.1:3128"
+        );
+        assert_eq!(
+            client_address("[::]:1".parse().unwrap()).to_string(),
+            "[::1]:1"
+        );
     }
 }

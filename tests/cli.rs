@@ -113,7 +113,11 @@ fn check_accepts_the_example_config() {
 fn bad_config_file_fails_naming_file_and_key() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("bad.toml");
-    std::fs::write(&file, "listen = \"127.0.0.1:1\"\nintercept = [\"no spaces allowed\"]\n").unwrap();
+    std::fs::write(
+        &file,
+        "listen = \"127.0.0.1:1\"\nintercept = [\"no spaces allowed\"]\n",
+    )
+    .unwrap();
     let output = Command::new(REGPROXY)
         .args(["run", "--check", "--config"])
         .arg(&file)
@@ -136,9 +140,15 @@ fn env_prints_shell_lines_for_the_daemon() {
         .unwrap();
     assert!(output.status.success(), "{output:?}");
     let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(stdout.contains("export HTTPS_PROXY=http://127.0.0.1:3999"), "{stdout}");
+    assert!(
+        stdout.contains("export HTTPS_PROXY=http://127.0.0.1:3999"),
+        "{stdout}"
+    );
     let bundle = dir.path().join("ca-bundle.pem");
-    assert!(stdout.contains(&format!("export SSL_CERT_FILE='{}'", bundle.display())), "{stdout}");
+    assert!(
+        stdout.contains(&format!("export SSL_CERT_FILE='{}'", bundle.display())),
+        "{stdout}"
+    );
     let ca = std::fs::read_to_string(dir.path().join("ca.crt")).unwrap();
     assert!(std::fs::read_to_string(bundle).unwrap().ends_with(&ca));
     let stderr = String::from_utf8_lossy(&output.stderr);

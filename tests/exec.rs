@@ -12,7 +12,14 @@ const REGPROXY: &str = env!("CARGO_BIN_EXE_regproxy");
 /// registry's name and CA known to it.
 fn exec(registry: &Registry, ca_dir: &std::path::Path) -> Command {
     let mut command = Command::new(REGPROXY);
-    for var in ["HTTPS_PROXY", "HTTP_PROXY", "https_proxy", "http_proxy", "NO_PROXY", "no_proxy"] {
+    for var in [
+        "HTTPS_PROXY",
+        "HTTP_PROXY",
+        "https_proxy",
+        "http_proxy",
+        "NO_PROXY",
+        "no_proxy",
+    ] {
         command.env_remove(var);
     }
     command
@@ -52,8 +59,14 @@ fn exec_wraps_skopeo_and_forces_a_full_reupload() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success(), "{stderr}");
     let blobs = image.blobs().len();
-    assert!(stderr.contains(&format!("{blobs} blobs uploaded")), "{stderr}");
-    assert!(count_before(&stderr, " HEADs answered 404") >= blobs, "{stderr}");
+    assert!(
+        stderr.contains(&format!("{blobs} blobs uploaded")),
+        "{stderr}"
+    );
+    assert!(
+        count_before(&stderr, " HEADs answered 404") >= blobs,
+        "{stderr}"
+    );
     assert_eq!(sha256_file(&registry.blob_data(&lost.digest)), lost.digest);
 }
 
@@ -81,16 +94,24 @@ fn exec_warns_when_the_registry_is_on_localhost() {
     }
     let registry = Registry::start_tls();
     let ca_dir = tempfile::tempdir().unwrap();
-    let output = run(exec(&registry, ca_dir.path())
-        .args(["--", "true", "docker://localhost:5000/team/app:1"]));
+    let output = run(exec(&registry, ca_dir.path()).args([
+        "--",
+        "true",
+        "docker://localhost:5000/team/app:1",
+    ]));
     assert!(output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(stderr.contains("--resolve registry.test:5000:127.0.0.1"), "{stderr}");
+    assert!(
+        stderr.contains("--resolve registry.test:5000:127.0.0.1"),
+        "{stderr}"
+    );
 }
 
 /// The number just before `label` in the summary line.
 fn count_before(text: &str, label: &str) -> usize {
-    let before = &text[..text.find(label).unwrap_or_else(|| panic!("no {label:?} in {text}"))];
+    let before = &text[..text
+        .find(label)
+        .unwrap_or_else(|| panic!("no {label:?} in {text}"))];
     let digits = before.rsplit(|c: char| !c.is_ascii_digit()).next().unwrap();
     digits.parse().unwrap()
 }

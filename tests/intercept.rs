@@ -28,7 +28,10 @@ fn host_not_listed_is_tunnelled_with_its_own_certificate() {
     assert_eq!(with_registry_ca.status, 200, "{with_registry_ca:#?}");
 
     let with_our_ca = curl_exchange(curl_trusting(&proxy, &proxy.ca_cert()).arg(registry.url("")));
-    assert_eq!(with_our_ca.status, 0, "regproxy must not present its own certificate");
+    assert_eq!(
+        with_our_ca.status, 0,
+        "regproxy must not present its own certificate"
+    );
     assert_eq!(proxy.stats().requests, 0, "a tunnel is not looked into");
 }
 

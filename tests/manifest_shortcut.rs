@@ -30,7 +30,12 @@ fn manifest_heads_are_faked_except_referrers_tags_and_this_sessions_pushes() {
         ..ProxyOptions::default()
     });
     skopeo::push(&passing, &registry, &image, "team/app:1");
-    skopeo::push(&passing, &registry, &image, &format!("team/app:{referrers_tag}"));
+    skopeo::push(
+        &passing,
+        &registry,
+        &image,
+        &format!("team/app:{referrers_tag}"),
+    );
     assert_eq!(head_manifest(&passing, &registry, "1").status, 200);
 
     let skipping = RunningProxy::start(ProxyOptions {
@@ -41,25 +46,42 @@ fn manifest_heads_are_faked_except_referrers_tags_and_this_sessions_pushes() {
     });
     let faked = head_manifest(&skipping, &registry, "1");
     assert_eq!(faked.status, 404, "{faked:#?}");
-    assert_eq!(head_manifest(&skipping, &registry, &image.manifest.digest).status, 404);
-    assert_eq!(head_manifest(&skipping, &registry, &referrers_tag).status, 200);
+    assert_eq!(
+        head_manifest(&skipping, &registry, &image.manifest.digest).status,
+        404
+    );
+    assert_eq!(
+        head_manifest(&skipping, &registry, &referrers_tag).status,
+        200
+    );
 
     // A manifest pushed through this daemon is checked for real.
     let manifest = std::fs::read(
-        image.layout().join("blobs/sha256").join(&image.manifest.digest[7..]),
+        image
+            .layout()
+            .join("blobs/sha256")
+            .join(&image.manifest.digest[7..]),
     )
     .unwrap();
     let file = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(file.path(), &manifest).unwrap();
     let put = curl_exchange(
         curl(&skipping)
-            .args(["--request", "PUT", "--header", &format!("Content-Type: {MANIFEST_TYPE}")])
+            .args([
+                "--request",
+                "PUT",
+                "--header",
+                &format!("Content-Type: {MANIFEST_TYPE}"),
+            ])
             .arg("--data-binary")
             .arg(format!("@{}", file.path().display()))
             .arg(registry.url("team/app/manifests/2")),
     );
     assert_eq!(put.status, 201, "{put:#?}");
     assert_eq!(head_manifest(&skipping, &registry, "2").status, 200);
-    assert_eq!(head_manifest(&skipping, &registry, &image.manifest.digest).status, 200);
+    assert_eq!(
+        head_manifest(&skipping, &registry, &image.manifest.digest).status,
+        200
+    );
     assert_eq!(head_manifest(&skipping, &registry, "1").status, 404);
 }

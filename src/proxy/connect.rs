@@ -57,8 +57,15 @@ pub async fn handle_connect(
     }
     tracing::debug!(%client, target = %authority, "tunnel opened");
     tokio::spawn(async move {
-        let Some(upgraded) = upgrade(request, client).await else { return };
-        let tunnel = Tunnel { proxy, client, authority, watcher };
+        let Some(upgraded) = upgrade(request, client).await else {
+            return;
+        };
+        let tunnel = Tunnel {
+            proxy,
+            client,
+            authority,
+            watcher,
+        };
         if let Err(error) = tunnel.intercept(TokioIo::new(upgraded)).await {
             tracing::debug!(%client, "tunnel closed: {error}");
         }
@@ -86,7 +93,9 @@ async fn tunnel_untouched(
     tokio::spawn(async move {
         // Held until the tunnel closes, so a graceful shutdown waits for it.
         let _watcher = watcher;
-        let Some(upgraded) = upgrade(request, client).await else { return };
+        let Some(upgraded) = upgrade(request, client).await else {
+            return;
+        };
         let mut downstream = TokioIo::new(upgraded);
         let copied = tokio::io::copy_bidirectional(&mut downstream, &mut upstream).await;
         let (up, down) = copied.unwrap_or_default();
@@ -95,7 +104,10 @@ async fn tunnel_untouched(
     connection_established()
 }
 
-async fn upgrade(request: Request<Incoming>, client: SocketAddr) -> Option<hyper::upgrade::Upgraded> {
+async fn upgrade(
+    request: Request<Incoming>,
+    client: SocketAddr,
+) -> Option<hyper::upgrade::Upgraded> {
     match hyper::upgrade::on(request).await {
         Ok(upgraded) => Some(upgraded),
         Err(error) => {

@@ -134,17 +134,25 @@ impl Connector {
             .iter()
             .map(|r| ((r.host.clone(), r.port), r.addr))
             .collect();
-        Connector { tls: TlsConnector::from(tls), overrides: Arc::new(overrides) }
+        Connector {
+            tls: TlsConnector::from(tls),
+            overrides: Arc::new(overrides),
+        }
     }
 
     /// A plain TCP connection to `host:port`, `--resolve` applied, for
     /// tunnels regproxy does not intercept.
     pub async fn open_tcp(&self, host: &str, port: u16) -> Result<TcpStream, UpstreamError> {
-        let host = host.trim_start_matches('[').trim_end_matches(']').to_ascii_lowercase();
+        let host = host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_ascii_lowercase();
         let authority = format!("{host}:{port}");
         tokio::time::timeout(CONNECT_TIMEOUT, self.tcp(&host, port, &authority))
             .await
-            .map_err(|_| UpstreamError::Timeout { authority: authority.clone() })?
+            .map_err(|_| UpstreamError::Timeout {
+                authority: authority.clone(),
+            })?
     }
 
     async fn connect(self, uri: Uri) -> Result<UpstreamStream, UpstreamError> {

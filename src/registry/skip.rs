@@ -218,7 +218,8 @@ impl PushedThisSession for HostMemory<'_> {
     }
 
     fn manifest(&self, name: &str, reference: &str) -> bool {
-        self.memory.contains(Kind::Manifest, self.host, name, reference)
+        self.memory
+            .contains(Kind::Manifest, self.host, name, reference)
     }
 }
 
@@ -227,20 +228,37 @@ mod tests {
     use super::*;
 
     const DIGEST: &str = "sha256:6c3c624b58dbbcd3c0dd82b4c53f04194d1247c6eebdaab7c610cf7d66709b3b";
-    const LAYERS: SkipMode = SkipMode { layers: true, manifests: false };
-    const MANIFESTS: SkipMode = SkipMode { layers: false, manifests: true };
-    const OFF: SkipMode = SkipMode { layers: false, manifests: false };
+    const LAYERS: SkipMode = SkipMode {
+        layers: true,
+        manifests: false,
+    };
+    const MANIFESTS: SkipMode = SkipMode {
+        layers: false,
+        manifests: true,
+    };
+    const OFF: SkipMode = SkipMode {
+        layers: false,
+        manifests: false,
+    };
 
     fn blob() -> Route {
-        Route::Blob { name: "team/app".into(), digest: DIGEST.into() }
+        Route::Blob {
+            name: "team/app".into(),
+            digest: DIGEST.into(),
+        }
     }
 
     fn start() -> Route {
-        Route::UploadStart { name: "team/app".into() }
+        Route::UploadStart {
+            name: "team/app".into(),
+        }
     }
 
     fn manifest(reference: &str) -> Route {
-        Route::Manifest { name: "team/app".into(), reference: reference.into() }
+        Route::Manifest {
+            name: "team/app".into(),
+            reference: reference.into(),
+        }
     }
 
     /// Nothing pushed yet.
@@ -248,7 +266,13 @@ mod tests {
         SessionMemory::default()
     }
 
-    fn decide_at(mode: SkipMode, method: Method, route: &Route, query: Option<&str>, memory: &SessionMemory) -> Verdict {
+    fn decide_at(
+        mode: SkipMode,
+        method: Method,
+        route: &Route,
+        query: Option<&str>,
+        memory: &SessionMemory,
+    ) -> Verdict {
         decide(mode, &method, route, query, &memory.at("reg:443"))
     }
 
@@ -262,9 +286,18 @@ mod tests {
     #[test]
     fn nothing_changes_without_skip_mode() {
         let mount = Some("mount=sha256:x&from=other");
-        assert_eq!(decide_at(OFF, Method::HEAD, &blob(), None, &none()), Verdict::Pass);
-        assert_eq!(decide_at(OFF, Method::POST, &start(), mount, &none()), Verdict::Pass);
-        assert_eq!(decide_at(OFF, Method::HEAD, &manifest("1"), None, &none()), Verdict::Pass);
+        assert_eq!(
+            decide_at(OFF, Method::HEAD, &blob(), None, &none()),
+            Verdict::Pass
+        );
+        assert_eq!(
+            decide_at(OFF, Method::POST, &start(), mount, &none()),
+            Verdict::Pass
+        );
+        assert_eq!(
+            decide_at(OFF, Method::HEAD, &manifest("1"), None, &none()),
+            Verdict::Pass
+        );
     }
 
     #[test]
@@ -287,7 +320,10 @@ mod tests {
     #[test]
     fn methods_other_than_head_pass() {
         for method in [Method::GET, Method::DELETE, Method::PUT, Method::OPTIONS] {
-            assert_eq!(decide_at(LAYERS, method, &blob(), None, &none()), Verdict::Pass);
+            assert_eq!(
+                decide_at(LAYERS, method, &blob(), None, &none()),
+                Verdict::Pass
+            );
         }
     }
 
@@ -295,9 +331,15 @@ mod tests {
     fn manifests_pass_in_layer_skip_mode() {
         let verdict = decide_at(LAYERS, Method::HEAD, &manifest("1"), None, &none());
         assert_eq!(verdict, Verdict::Pass);
-        let session = Route::UploadSession { name: "app".into(), session: "u".into() };
+        let session = Route::UploadSession {
+            name: "app".into(),
+            session: "u".into(),
+        };
         let query = Some("mount=x&from=y");
-        assert_eq!(decide_at(LAYERS, Method::PUT, &session, query, &none()), Verdict::Pass);
+        assert_eq!(
+            decide_at(LAYERS, Method::PUT, &session, query, &none()),
+            Verdict::Pass
+        );
     }
 
     #[test]
@@ -317,7 +359,13 @@ mod tests {
         let tag = DIGEST.replace(':', "-");
         let verdict = decide_at(MANIFESTS, Method::HEAD, &manifest(&tag), None, &none());
         assert_eq!(verdict, Verdict::Pass);
-        let not_hex = decide_at(MANIFESTS, Method::HEAD, &manifest("sha256-zz"), None, &none());
+        let not_hex = decide_at(
+            MANIFESTS,
+            Method::HEAD,
+            &manifest("sha256-zz"),
+            None,
+            &none(),
+        );
         assert_eq!(not_hex, Verdict::AnswerNotFound);
     }
 
@@ -339,7 +387,10 @@ mod tests {
         let route = manifest("1");
         assert!(pushed_manifest(&Method::PUT, &route, 400, Some(DIGEST)).is_empty());
         assert!(pushed_manifest(&Method::GET, &route, 201, Some(DIGEST)).is_empty());
-        assert_eq!(pushed_manifest(&Method::PUT, &route, 201, Some("junk")), ["1"]);
+        assert_eq!(
+            pushed_manifest(&Method::PUT, &route, 201, Some("junk")),
+            ["1"]
+        );
     }
 
     #[test]
@@ -354,7 +405,12 @@ mod tests {
     fn other_parameters_survive_mount_stripping() {
         let query = "from=a&x=%2F1&mount=d&origin=reg.example&y";
         let verdict = decide_at(LAYERS, Method::POST, &start(), Some(query), &none());
-        assert_eq!(verdict, Verdict::StripMount { query: Some("x=%2F1&y".into()) });
+        assert_eq!(
+            verdict,
+            Verdict::StripMount {
+                query: Some("x=%2F1&y".into())
+            }
+        );
     }
 
     #[test]
@@ -367,18 +423,33 @@ mod tests {
     fn plain_upload_start_passes() {
         let verdict = decide_at(LAYERS, Method::POST, &start(), Some("digest=d"), &none());
         assert_eq!(verdict, Verdict::Pass);
-        assert_eq!(decide_at(LAYERS, Method::POST, &start(), None, &none()), Verdict::Pass);
+        assert_eq!(
+            decide_at(LAYERS, Method::POST, &start(), None, &none()),
+            Verdict::Pass
+        );
     }
 
     #[test]
     fn completed_upload_needs_put_with_digest_and_201() {
-        let session = Route::UploadSession { name: "app".into(), session: "u".into() };
+        let session = Route::UploadSession {
+            name: "app".into(),
+            session: "u".into(),
+        };
         let query = format!("_state=s&digest={}", DIGEST.replace(':', "%3A"));
         let done = completed_upload(&Method::PUT, &session, Some(&query), 201);
         assert_eq!(done.as_deref(), Some(DIGEST));
-        assert_eq!(completed_upload(&Method::PUT, &session, Some(&query), 400), None);
-        assert_eq!(completed_upload(&Method::PATCH, &session, Some(&query), 201), None);
-        assert_eq!(completed_upload(&Method::PUT, &session, Some("_state=s"), 201), None);
+        assert_eq!(
+            completed_upload(&Method::PUT, &session, Some(&query), 400),
+            None
+        );
+        assert_eq!(
+            completed_upload(&Method::PATCH, &session, Some(&query), 201),
+            None
+        );
+        assert_eq!(
+            completed_upload(&Method::PUT, &session, Some("_state=s"), 201),
+            None
+        );
     }
 
     #[test]
@@ -386,6 +457,9 @@ mod tests {
         let query = format!("digest={DIGEST}");
         let done = completed_upload(&Method::POST, &start(), Some(&query), 201);
         assert_eq!(done.as_deref(), Some(DIGEST));
-        assert_eq!(completed_upload(&Method::POST, &start(), Some(&query), 202), None);
+        assert_eq!(
+            completed_upload(&Method::POST, &start(), Some(&query), 202),
+            None
+        );
     }
 }

@@ -16,7 +16,10 @@ fn bundle(ca_pem: &str) -> String {
     let system = rustls_native_certs::load_native_certs();
     let mut text = String::new();
     for cert in system.certs {
-        text.push_str(&pem::encode(&pem::Pem::new("CERTIFICATE", cert.as_ref().to_vec())));
+        text.push_str(&pem::encode(&pem::Pem::new(
+            "CERTIFICATE",
+            cert.as_ref().to_vec(),
+        )));
     }
     text.push_str(ca_pem);
     if !text.ends_with('\n') {

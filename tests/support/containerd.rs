@@ -70,7 +70,14 @@ impl Containerd {
     /// `ctr` talking to this containerd, with no proxy settings of its own.
     pub fn ctr(&self) -> Command {
         let mut command = Command::new("ctr");
-        for var in ["HTTPS_PROXY", "HTTP_PROXY", "https_proxy", "http_proxy", "NO_PROXY", "no_proxy"] {
+        for var in [
+            "HTTPS_PROXY",
+            "HTTP_PROXY",
+            "https_proxy",
+            "http_proxy",
+            "NO_PROXY",
+            "no_proxy",
+        ] {
             command.env_remove(var);
         }
         command.arg("--address").arg(self.socket());

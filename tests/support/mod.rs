@@ -81,7 +81,11 @@ impl RunningProxy {
         let mut config = ProxyConfig::new(ca_dir.path().to_owned());
         config.skip_existing_layers = options.skip_existing_layers;
         config.skip_existing_manifests = options.skip_existing_manifests;
-        config.intercept = options.intercept.iter().map(|p| p.parse().unwrap()).collect();
+        config.intercept = options
+            .intercept
+            .iter()
+            .map(|p| p.parse().unwrap())
+            .collect();
         config.upstream_cas = options.upstream_ca.into_iter().collect();
         config.resolve = options
             .resolve_ports

@@ -19,7 +19,11 @@ pub fn push(proxy: &RunningProxy, registry: &Registry, image: &OciImage, reposit
     } else {
         command.arg("--dest-tls-verify=false");
     }
-    run_ok(command.arg(image.reference()).arg(destination(registry, repository)));
+    run_ok(
+        command
+            .arg(image.reference())
+            .arg(destination(registry, repository)),
+    );
 }
 
 /// Pulls `repository` back through the proxy into a fresh layout and
