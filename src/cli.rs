@@ -10,7 +10,7 @@ use std::time::Duration;
 use clap::parser::ValueSource;
 use clap::{ArgMatches, Args, Parser, Subcommand};
 
-use crate::config::{default_ca_dir, ConfigError, FileConfig, HostPattern, ProxyConfig};
+use crate::config::{default_ca_dir, ConfigError, FileConfig, HostPattern, LogFormat, ProxyConfig};
 use crate::proxy::upstream::ResolveRule;
 
 #[derive(Debug, Parser)]
@@ -38,6 +38,21 @@ pub enum Command {
     /// Print shell lines that point clients at a running daemon:
     /// `eval "$(regproxy env)"`.
     Env(RunArgs),
+    /// Convert a flow log to HTTP Archive 1.2, for a browser's developer
+    /// tools or any HAR viewer: `regproxy har flow.jsonl > push.har`.
+    Har {
+        /// The flow log written by `--flow-log`.
+        flow_log: PathBuf,
+    },
+    /// Summarise a push from its flow log: each blob's existence check,
+    /// mount, upload and status; manifests pushed; errors.
+    Report {
+        /// The flow log written by `--flow-log`.
+        flow_log: PathBuf,
+        /// Print JSON instead of tables.
+        #[arg(long)]
+        json: bool,
+    },
     /// Show regproxy's CA certificate, the one clients must trust.
     Ca {
         #[command(subcommand)]
@@ -141,6 +156,15 @@ pub struct RunArgs {
     /// SIGTERM [default: 30].
     #[arg(long, env = "REGPROXY_DRAIN_TIMEOUT", value_name = "SECONDS")]
     pub drain_timeout: Option<u64>,
+
+    /// Append one JSON line per exchange to FILE (headers redacted, small
+    /// JSON bodies kept), for `regproxy har` and `regproxy report`.
+    #[arg(long, env = "REGPROXY_FLOW_LOG", value_name = "FILE")]
+    pub flow_log: Option<PathBuf>,
+
+    /// Format of the daemon's own log lines [default: text].
+    #[arg(long, env = "REGPROXY_LOG_FORMAT", value_enum)]
+    pub log_format: Option<LogFormat>,
 }
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:3128";
@@ -149,6 +173,7 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:3128";
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub listen: SocketAddr,
+    pub log_format: LogFormat,
     pub proxy: ProxyConfig,
 }
 
@@ -211,9 +236,11 @@ impl RunArgs {
                 .or(file.drain_timeout)
                 .map(Duration::from_secs)
                 .unwrap_or(defaults.drain_timeout),
+            flow_log: self.flow_log.clone().or(file.flow_log),
         };
         Ok(Settings {
             listen: self.listen.or(file.listen).unwrap_or(default_listen),
+            log_format: self.log_format.or(file.log_format).unwrap_or_default(),
             proxy,
         })
     }

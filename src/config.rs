@@ -35,6 +35,8 @@ pub struct ProxyConfig {
     pub intercept: Vec<HostPattern>,
     /// How long in-flight exchanges may take to finish at shutdown.
     pub drain_timeout: Duration,
+    /// Where to append one JSON line per exchange.
+    pub flow_log: Option<PathBuf>,
 }
 
 impl ProxyConfig {
@@ -50,6 +52,7 @@ impl ProxyConfig {
             resolve: Vec::new(),
             intercept: Vec::new(),
             drain_timeout: Duration::from_secs(30),
+            flow_log: None,
         }
     }
 
@@ -168,6 +171,19 @@ pub struct FileConfig {
     pub resolve: Option<Vec<ResolveRule>>,
     pub intercept: Option<Vec<HostPattern>>,
     pub drain_timeout: Option<u64>,
+    pub flow_log: Option<PathBuf>,
+    pub log_format: Option<LogFormat>,
+}
+
+/// How the daemon writes its own log lines.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Lines for people.
+    #[default]
+    Text,
+    /// One JSON object per line, for log collectors.
+    Json,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -268,6 +284,7 @@ mod tests {
         assert!(all.skip_existing_manifests.is_some() && all.ca_dir.is_some());
         assert!(all.upstream_ca.is_some() && all.insecure_upstream.is_some());
         assert!(all.resolve.is_some() && all.intercept.is_some());
-        assert!(all.drain_timeout.is_some());
+        assert!(all.drain_timeout.is_some() && all.flow_log.is_some());
+        assert!(all.log_format.is_some());
     }
 }

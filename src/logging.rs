@@ -1,5 +1,5 @@
-//! Log output: human-readable lines on stderr, filtered by `RUST_LOG`
-//! (default `info`, `warn` under `exec`).
+//! The daemon's own log: lines on stderr, for people (`text`) or for log
+//! collectors (`json`), filtered by `RUST_LOG`.
 //!
 //! Secrets stay out by construction: regproxy logs named fields (method,
 //! host, path without its query, status, sizes), never a header map or a
@@ -9,13 +9,17 @@ use std::io::IsTerminal;
 
 use tracing_subscriber::EnvFilter;
 
+use crate::config::LogFormat;
+
 /// Starts logging at `default_level` unless `RUST_LOG` says otherwise.
-pub fn init(default_level: &str) {
+pub fn init(default_level: &str, format: LogFormat) {
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level));
-    tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).init(),
+        LogFormat::Json => builder.json().with_current_span(false).init(),
+    }
 }

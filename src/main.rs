@@ -20,15 +20,13 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{ArgMatches, CommandFactory, FromArgMatches};
 use regproxy::cli::{CaAction, Cli, Command};
+use regproxy::flow::read_flow_log;
+use regproxy::logging;
 use regproxy::tls::ca::CertificateAuthority;
 
 fn main() -> ExitCode {
     let matches = Cli::command().get_matches();
     let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
-    // Under `exec` the client's own output matters most: only problems are
-    // logged unless RUST_LOG asks for more.
-    let quiet = matches!(cli.command, Command::Exec { .. } | Command::Env(_));
-    regproxy::logging::init(if quiet { "warn" } else { "info" });
     let subcommand = matches.subcommand().map(|(_, m)| m).unwrap_or(&matches);
     match run(cli, subcommand) {
         Ok(code) => ExitCode::from(code),
@@ -43,6 +41,7 @@ fn run(cli: Cli, matches: &ArgMatches) -> anyhow::Result<u8> {
     match cli.command {
         Command::Run(args) => {
             let settings = args.settings(matches)?;
+            logging::init("info", settings.log_format);
             if args.check {
                 regproxy::daemon::check(&settings)?;
                 return Ok(0);
@@ -52,10 +51,32 @@ fn run(cli: Cli, matches: &ArgMatches) -> anyhow::Result<u8> {
         }
         Command::Exec { run, command } => {
             let settings = run.settings(matches)?;
+            // The wrapped client's own output matters most: only problems
+            // are logged unless RUST_LOG asks for more.
+            logging::init("warn", settings.log_format);
             runtime()?.block_on(regproxy::exec::run(settings, command))
         }
         Command::Env(args) => {
-            regproxy::exec::print_env(&args.settings(matches)?)?;
+            let settings = args.settings(matches)?;
+            logging::init("warn", settings.log_format);
+            regproxy::exec::print_env(&settings)?;
+            Ok(0)
+        }
+        Command::Har { flow_log } => {
+            let (records, skipped) = read_flow_log(&flow_log)?;
+            warn_skipped(skipped);
+            println!("{}", regproxy::flow::har::to_har(&records));
+            Ok(0)
+        }
+        Command::Report { flow_log, json } => {
+            let (records, skipped) = read_flow_log(&flow_log)?;
+            warn_skipped(skipped);
+            let report = regproxy::flow::report::Report::from_records(&records);
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{report}");
+            }
             Ok(0)
         }
         Command::Ca { action, dir } => {
@@ -67,6 +88,12 @@ fn run(cli: Cli, matches: &ArgMatches) -> anyhow::Result<u8> {
             }
             Ok(0)
         }
+    }
+}
+
+fn warn_skipped(skipped: usize) {
+    if skipped > 0 {
+        eprintln!("regproxy: skipped {skipped} incomplete line(s) of the flow log");
     }
 }
 

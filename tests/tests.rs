@@ -8,6 +8,7 @@ mod blob_protocol;
 mod cli;
 mod containerd_push;
 mod exec;
+mod flow_log;
 mod intercept;
 mod manifest_shortcut;
 mod skopeo_push;

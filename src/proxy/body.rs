@@ -1,19 +1,15 @@
-//! Bodies as they stream through: counted on the way, never buffered, and
-//! the exchange's log line written once both directions are done.
+//! Bodies as they stream through: counted on the way, never buffered.
 
-use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Instant;
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Empty, Full};
 
-use crate::stats::Stats;
+use super::exchange::{Direction, Exchange};
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -28,100 +24,6 @@ pub fn text(message: String) -> ProxyBody {
     Full::new(Bytes::from(message))
         .map_err(|never| match never {})
         .boxed()
-}
-
-/// One request and its response, as the log and the counters see it.
-/// Shared by both bodies; the log line is written when the last of them
-/// is dropped, so it carries the final byte counts and duration.
-pub struct Exchange {
-    pub client: SocketAddr,
-    pub method: http::Method,
-    pub host: String,
-    pub path: String,
-    pub action: &'static str,
-    pub carries_upload: bool,
-    started: Instant,
-    status: AtomicU16,
-    up: AtomicU64,
-    down: AtomicU64,
-    error: Mutex<Option<String>>,
-    stats: Arc<Stats>,
-}
-
-impl Exchange {
-    pub fn new(
-        client: SocketAddr,
-        method: http::Method,
-        host: String,
-        path: String,
-        action: &'static str,
-        carries_upload: bool,
-        stats: Arc<Stats>,
-    ) -> Arc<Self> {
-        stats.requests.fetch_add(1, Ordering::Relaxed);
-        Arc::new(Self {
-            client,
-            method,
-            host,
-            path,
-            action,
-            carries_upload,
-            started: Instant::now(),
-            status: AtomicU16::new(0),
-            up: AtomicU64::new(0),
-            down: AtomicU64::new(0),
-            error: Mutex::new(None),
-            stats,
-        })
-    }
-
-    pub fn set_status(&self, status: u16) {
-        self.status.store(status, Ordering::Relaxed);
-    }
-
-    pub fn fail(&self, error: String) {
-        let mut slot = self.error.lock().unwrap_or_else(|e| e.into_inner());
-        slot.get_or_insert(error);
-    }
-}
-
-impl Drop for Exchange {
-    fn drop(&mut self) {
-        let up = *self.up.get_mut();
-        let down = *self.down.get_mut();
-        if self.carries_upload {
-            self.stats.upload_bytes.fetch_add(up, Ordering::Relaxed);
-        }
-        let ms = self.started.elapsed().as_secs_f64() * 1000.0;
-        let error = self
-            .error
-            .get_mut()
-            .unwrap_or_else(|e| e.into_inner())
-            .take();
-        tracing::info!(
-            target: "regproxy::exchange",
-            client = %self.client,
-            status = *self.status.get_mut(),
-            up,
-            down,
-            ms = format_args!("{ms:.1}"),
-            action = self.action,
-            error = error.as_deref(),
-            "{} {}{}",
-            self.method,
-            self.host,
-            self.path,
-        );
-    }
-}
-
-/// Which way a body flows, for the byte counters.
-#[derive(Clone, Copy)]
-pub enum Direction {
-    /// Client to registry.
-    Up,
-    /// Registry to client.
-    Down,
 }
 
 /// A body that counts its bytes into its exchange as they pass. It holds
@@ -159,11 +61,7 @@ where
         match polled {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(data) = frame.data_ref() {
-                    let counter = match self.direction {
-                        Direction::Up => &self.exchange.up,
-                        Direction::Down => &self.exchange.down,
-                    };
-                    counter.fetch_add(data.len() as u64, Ordering::Relaxed);
+                    self.exchange.passed(self.direction, data);
                 }
                 Poll::Ready(Some(Ok(frame)))
             }

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::uri::{Authority, Scheme};
-use http::{Request, Response, StatusCode};
+use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -20,9 +20,11 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio_rustls::LazyConfigAcceptor;
 
 use super::body::{self, ProxyBody};
+use super::exchange::{Direction, Exchange, ExchangeStart};
 use super::forward::{forward, Target};
 use super::rewind::Rewind;
 use super::{respond, Proxy, HEADER_READ_TIMEOUT};
+use crate::registry::route::Route;
 
 /// The first byte of every TLS connection: a handshake record.
 const TLS_HANDSHAKE_RECORD: u8 = 0x16;
@@ -90,6 +92,9 @@ async fn tunnel_untouched(
             return respond::bad_gateway(error.to_string());
         }
     };
+    let exchange = tunnel_exchange(&proxy, client, &request, &authority);
+    let response = connection_established();
+    exchange.responded(response.status().as_u16(), response.headers());
     tokio::spawn(async move {
         // Held until the tunnel closes, so a graceful shutdown waits for it.
         let _watcher = watcher;
@@ -98,10 +103,42 @@ async fn tunnel_untouched(
         };
         let mut downstream = TokioIo::new(upgraded);
         let copied = tokio::io::copy_bidirectional(&mut downstream, &mut upstream).await;
+        if let Err(error) = &copied {
+            exchange.fail(format!("tunnel: {error}"));
+        }
         let (up, down) = copied.unwrap_or_default();
-        tracing::info!(%client, up, down, "CONNECT {authority} tunnelled, not intercepted");
+        exchange.count(Direction::Up, up);
+        exchange.count(Direction::Down, down);
     });
-    connection_established()
+    response
+}
+
+/// A tunnel as the log and flow log record it: one `CONNECT` exchange
+/// with the bytes that went through, unseen.
+fn tunnel_exchange(
+    proxy: &Proxy,
+    client: SocketAddr,
+    request: &Request<Incoming>,
+    authority: &Authority,
+) -> Arc<Exchange> {
+    let start = ExchangeStart {
+        client,
+        method: Method::CONNECT,
+        scheme: "tcp".to_owned(),
+        host: authority.as_str().to_ascii_lowercase(),
+        path: String::new(),
+        query: None,
+        version: request.version(),
+        tls_intercepted: false,
+        route: Route::Other,
+        action: "tunnel",
+    };
+    Exchange::begin(
+        start,
+        request.headers(),
+        proxy.stats.clone(),
+        proxy.flow_log.clone(),
+    )
 }
 
 async fn upgrade(

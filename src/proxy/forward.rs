@@ -11,7 +11,8 @@ use http_body::Body;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
-use super::body::{self, Direction, Exchange, Metered, ProxyBody};
+use super::body::{self, Metered, ProxyBody};
+use super::exchange::{Direction, Exchange, ExchangeStart};
 use super::respond;
 use super::Proxy;
 use crate::registry::route::Route;
@@ -49,71 +50,93 @@ pub async fn forward(
     tunnel: Option<Target>,
     request: Request<Incoming>,
 ) -> Response<ProxyBody> {
+    let intercepted = tunnel.as_ref().is_some_and(|t| t.scheme == Scheme::HTTPS);
     let Some((target, path_and_query)) = destination(tunnel, request.uri()) else {
         return respond::not_a_proxy_request(request.uri());
     };
     let host = target.authority.as_str().to_ascii_lowercase();
     let route = Route::parse(path_and_query.path());
-    let query = path_and_query.query();
+    let memory = proxy.memory.at(&host);
     let verdict = skip::decide(
         proxy.skip,
         request.method(),
         &route,
-        query,
-        &proxy.memory.at(&host),
+        path_and_query.query(),
+        &memory,
     );
-    let exchange = Exchange::new(
+    bump(&proxy.stats.requests);
+    let start = ExchangeStart {
         client,
-        request.method().clone(),
-        host.clone(),
-        path_and_query.path().to_owned(),
-        verdict.action(),
-        route.is_upload(),
+        method: request.method().clone(),
+        scheme: target.scheme.to_string(),
+        host: host.clone(),
+        path: path_and_query.path().to_owned(),
+        query: path_and_query.query().map(str::to_owned),
+        version: request.version(),
+        tls_intercepted: intercepted,
+        route,
+        action: verdict.action(),
+    };
+    let exchange = Exchange::begin(
+        start,
+        request.headers(),
         proxy.stats.clone(),
+        proxy.flow_log.clone(),
     );
 
-    let path_and_query = match verdict {
+    let response = match verdict {
         Verdict::AnswerNotFound => {
             bump(&proxy.stats.heads_answered_not_found);
-            exchange.set_status(404);
-            return respond::not_found();
+            respond::not_found()
         }
         Verdict::StripMount { query } => {
             bump(&proxy.stats.mounts_stripped);
-            with_query(&path_and_query, query.as_deref())
+            let path_and_query = with_query(&path_and_query, query.as_deref());
+            send_upstream(&proxy, target, path_and_query, request, &exchange).await
         }
-        Verdict::Pass | Verdict::PassUploadedThisSession => path_and_query,
+        Verdict::Pass | Verdict::PassUploadedThisSession => {
+            send_upstream(&proxy, target, path_and_query, request, &exchange).await
+        }
     };
+    exchange.responded(response.status().as_u16(), response.headers());
+    response
+}
 
-    let uri = Uri::from_parts({
-        let mut parts = http::uri::Parts::default();
-        parts.scheme = Some(target.scheme);
-        parts.authority = Some(target.authority);
-        parts.path_and_query = Some(path_and_query.clone());
-        parts
-    });
-    let Ok(uri) = uri else {
+/// Sends the request to the registry and streams its response back,
+/// remembering what the registry accepted. Failures become a 502 that
+/// names the host and the reason.
+async fn send_upstream(
+    proxy: &Proxy,
+    target: Target,
+    path_and_query: PathAndQuery,
+    request: Request<Incoming>,
+    exchange: &Arc<Exchange>,
+) -> Response<ProxyBody> {
+    let host = target.authority.as_str().to_ascii_lowercase();
+    let mut parts = http::uri::Parts::default();
+    parts.scheme = Some(target.scheme);
+    parts.authority = Some(target.authority);
+    parts.path_and_query = Some(path_and_query.clone());
+    let Ok(uri) = Uri::from_parts(parts) else {
         return respond::bad_request("request target does not form a valid URI");
     };
 
-    let upstream_request = upstream_request(request, uri, &exchange);
-    let response = match send(&proxy, upstream_request).await {
+    let upstream_request = upstream_request(request, uri, exchange);
+    let response = match send(proxy, upstream_request).await {
         Ok(response) => response,
         Err(error) => {
             let message = respond::upstream_failure(&host, &*error);
-            tracing::warn!(client = %client, "{message}");
+            tracing::warn!("{message}");
             exchange.fail(message.clone());
-            exchange.set_status(502);
             return respond::bad_gateway(message);
         }
     };
 
-    let status = response.status();
-    exchange.set_status(status.as_u16());
     let (mut parts, body) = response.into_parts();
-    remember_pushes(&proxy, &host, &route, &path_and_query, &exchange, &parts);
+    let route = Route::parse(path_and_query.path());
+    remember_pushes(proxy, &host, &route, &path_and_query, exchange, &parts);
     strip_hop_by_hop(&mut parts.headers);
-    let body = Metered::new(body, exchange, Direction::Down).boxed();
+    let body = Metered::new(body, exchange.clone(), Direction::Down).boxed();
     Response::from_parts(parts, body)
 }
 
@@ -206,7 +229,7 @@ fn remember_pushes(
     response: &http::response::Parts,
 ) {
     let Some(name) = route.name() else { return };
-    let (method, status) = (&exchange.method, response.status.as_u16());
+    let (method, status) = (exchange.method(), response.status.as_u16());
     if let Some(digest) = skip::completed_upload(method, route, path_and_query.query(), status) {
         bump(&proxy.stats.blobs_uploaded);
         proxy.memory.record_blob(host, name, &digest);

@@ -4,6 +4,7 @@
 
 pub mod body;
 pub mod connect;
+pub mod exchange;
 pub mod forward;
 pub mod respond;
 pub mod rewind;
@@ -23,6 +24,7 @@ use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::config::{HostPattern, ProxyConfig};
+use crate::flow::writer::FlowLog;
 use crate::registry::skip::{SessionMemory, SkipMode};
 use crate::stats::{Stats, StatsSnapshot};
 use crate::tls::ca::{CaError, CertificateAuthority};
@@ -44,6 +46,11 @@ pub enum SetupError {
     Ca(#[from] CaError),
     #[error(transparent)]
     Roots(#[from] RootsError),
+    #[error("flow log {path}: {source}")]
+    FlowLog {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
 }
 
 /// Everything the connections of one daemon share.
@@ -57,6 +64,7 @@ pub struct Proxy {
     upstream: upstream::UpstreamClient,
     memory: SessionMemory,
     stats: Arc<Stats>,
+    flow_log: Option<Arc<FlowLog>>,
 }
 
 impl Proxy {
@@ -71,6 +79,15 @@ impl Proxy {
         };
         let tls = roots::upstream_client_config(trust)?;
         let connector = upstream::Connector::new(tls, &config.resolve);
+        let flow_log = match &config.flow_log {
+            Some(path) => Some(Arc::new(FlowLog::open(path).map_err(|source| {
+                SetupError::FlowLog {
+                    path: path.clone(),
+                    source,
+                }
+            })?)),
+            None => None,
+        };
         Ok(Arc::new(Self {
             skip: SkipMode {
                 layers: config.skip_existing_layers,
@@ -82,6 +99,7 @@ impl Proxy {
             connector,
             memory: SessionMemory::default(),
             stats: Arc::default(),
+            flow_log,
         }))
     }
 

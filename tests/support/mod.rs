@@ -73,6 +73,7 @@ pub struct ProxyOptions {
     pub upstream_ca: Option<PathBuf>,
     /// Ports of `registry.test` that regproxy resolves to 127.0.0.1.
     pub resolve_ports: Vec<u16>,
+    pub flow_log: Option<PathBuf>,
 }
 
 impl RunningProxy {
@@ -87,6 +88,7 @@ impl RunningProxy {
             .map(|p| p.parse().unwrap())
             .collect();
         config.upstream_cas = options.upstream_ca.into_iter().collect();
+        config.flow_log = options.flow_log;
         config.resolve = options
             .resolve_ports
             .iter()

@@ -41,11 +41,29 @@ impl Registry {
         Self::start(false)
     }
 
+    /// A TLS registry that wants HTTP basic auth: `htpasswd` is a line of
+    /// an htpasswd file (`user:bcrypt-hash`).
+    pub fn start_with_basic_auth(htpasswd: &str) -> Registry {
+        Self::start_with(true, Some(htpasswd))
+    }
+
     fn start(tls: bool) -> Registry {
+        Self::start_with(tls, None)
+    }
+
+    fn start_with(tls: bool, htpasswd: Option<&str>) -> Registry {
         let dir = tempfile::tempdir().unwrap();
         let test_tls = tls.then(|| make_test_tls(dir.path()));
         let port = free_port();
-        let config = config_yaml(dir.path(), port, test_tls.as_ref());
+        let mut config = config_yaml(dir.path(), port, test_tls.as_ref());
+        if let Some(line) = htpasswd {
+            let file = dir.path().join("htpasswd");
+            fs::write(&file, format!("{line}\n")).unwrap();
+            config.push_str(&format!(
+                "auth:\n  htpasswd:\n    realm: regproxy-test\n    path: {}\n",
+                file.display()
+            ));
+        }
         let config_file = dir.path().join("config.yml");
         fs::write(&config_file, config).unwrap();
         let log = fs::File::create(dir.path().join("registry.log")).unwrap();
