@@ -11,6 +11,7 @@ use clap::parser::ValueSource;
 use clap::{ArgMatches, Args, Parser, Subcommand};
 
 use crate::config::{default_ca_dir, ConfigError, FileConfig, HostPattern, LogFormat, ProxyConfig};
+use crate::proxy::auth::ProxyCredentials;
 use crate::proxy::upstream::ResolveRule;
 
 #[derive(Debug, Parser)]
@@ -162,6 +163,36 @@ pub struct RunArgs {
     #[arg(long, env = "REGPROXY_FLOW_LOG", value_name = "FILE")]
     pub flow_log: Option<PathBuf>,
 
+    /// Require clients to send these proxy credentials (Basic). Needed to
+    /// listen beyond loopback.
+    #[arg(
+        long,
+        env = "REGPROXY_PROXY_AUTH",
+        value_name = "USER:PASSWORD",
+        hide_env_values = true
+    )]
+    pub proxy_auth: Option<ProxyCredentials>,
+
+    /// Like --proxy-auth, read from FILE (one USER:PASSWORD line), which
+    /// keeps the password out of the process list.
+    #[arg(
+        long,
+        env = "REGPROXY_PROXY_AUTH_FILE",
+        value_name = "FILE",
+        conflicts_with = "proxy_auth"
+    )]
+    pub proxy_auth_file: Option<PathBuf>,
+
+    /// Allow listening beyond loopback without proxy credentials. Anyone
+    /// who can reach the port can then use the proxy.
+    #[arg(long, env = "REGPROXY_ALLOW_UNAUTHENTICATED")]
+    pub allow_unauthenticated: bool,
+
+    /// The most client connections served at once; more wait until one
+    /// closes [default: 4096].
+    #[arg(long, env = "REGPROXY_MAX_CONNECTIONS", value_name = "N")]
+    pub max_connections: Option<usize>,
+
     /// Format of the daemon's own log lines [default: text].
     #[arg(long, env = "REGPROXY_LOG_FORMAT", value_enum)]
     pub log_format: Option<LogFormat>,
@@ -173,6 +204,8 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:3128";
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub listen: SocketAddr,
+    /// Listening beyond loopback without proxy credentials was asked for.
+    pub allow_unauthenticated: bool,
     pub log_format: LogFormat,
     pub proxy: ProxyConfig,
 }
@@ -237,12 +270,55 @@ impl RunArgs {
                 .map(Duration::from_secs)
                 .unwrap_or(defaults.drain_timeout),
             flow_log: self.flow_log.clone().or(file.flow_log),
+            proxy_auth: self.credentials(file.proxy_auth, file.proxy_auth_file)?,
+            max_connections: self
+                .max_connections
+                .or(file.max_connections)
+                .unwrap_or(defaults.max_connections)
+                .max(1),
         };
         Ok(Settings {
             listen: self.listen.or(file.listen).unwrap_or(default_listen),
             log_format: self.log_format.or(file.log_format).unwrap_or_default(),
+            allow_unauthenticated: flag(
+                "allow_unauthenticated",
+                self.allow_unauthenticated,
+                file.allow_unauthenticated,
+            ),
             proxy,
         })
+    }
+}
+
+impl RunArgs {
+    /// Proxy credentials from the flag or its file, else from the config
+    /// file's `proxy_auth` or `proxy_auth_file`.
+    fn credentials(
+        &self,
+        from_file: Option<String>,
+        file_from_file: Option<PathBuf>,
+    ) -> Result<Option<ProxyCredentials>, ConfigError> {
+        if let Some(credentials) = &self.proxy_auth {
+            return Ok(Some(credentials.clone()));
+        }
+        let invalid = |path: &std::path::Path, message: String| ConfigError::Parse {
+            path: path.to_owned(),
+            message,
+        };
+        if let Some(path) = self.proxy_auth_file.as_ref().or(file_from_file.as_ref()) {
+            let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                path: path.clone(),
+                source,
+            })?;
+            return text.parse().map(Some).map_err(|e| invalid(path, e));
+        }
+        let config = self.config.clone().unwrap_or_default();
+        from_file
+            .map(|text| {
+                text.parse()
+                    .map_err(|e| invalid(&config, format!("proxy_auth: {e}")))
+            })
+            .transpose()
     }
 }
 

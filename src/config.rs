@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::proxy::auth::ProxyCredentials;
 use crate::proxy::upstream::ResolveRule;
 
 /// How the proxy behaves, independent of where it listens.
@@ -37,6 +38,10 @@ pub struct ProxyConfig {
     pub drain_timeout: Duration,
     /// Where to append one JSON line per exchange.
     pub flow_log: Option<PathBuf>,
+    /// Credentials every client must send; required off loopback.
+    pub proxy_auth: Option<ProxyCredentials>,
+    /// The most client connections served at once; more wait.
+    pub max_connections: usize,
 }
 
 impl ProxyConfig {
@@ -53,6 +58,8 @@ impl ProxyConfig {
             intercept: Vec::new(),
             drain_timeout: Duration::from_secs(30),
             flow_log: None,
+            proxy_auth: None,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
         }
     }
 
@@ -66,6 +73,10 @@ impl ProxyConfig {
         }
     }
 }
+
+/// Enough for a CI runner's parallel pushes many times over, well within
+/// the file descriptors a daemon can open (each connection may hold two).
+pub const DEFAULT_MAX_CONNECTIONS: usize = 4096;
 
 /// The default CA directory: the user's data directory, e.g.
 /// `~/.local/share/regproxy`.
@@ -173,6 +184,10 @@ pub struct FileConfig {
     pub drain_timeout: Option<u64>,
     pub flow_log: Option<PathBuf>,
     pub log_format: Option<LogFormat>,
+    pub proxy_auth: Option<String>,
+    pub proxy_auth_file: Option<PathBuf>,
+    pub allow_unauthenticated: Option<bool>,
+    pub max_connections: Option<usize>,
 }
 
 /// How the daemon writes its own log lines.
@@ -285,6 +300,7 @@ mod tests {
         assert!(all.upstream_ca.is_some() && all.insecure_upstream.is_some());
         assert!(all.resolve.is_some() && all.intercept.is_some());
         assert!(all.drain_timeout.is_some() && all.flow_log.is_some());
-        assert!(all.log_format.is_some());
+        assert!(all.log_format.is_some() && all.proxy_auth_file.is_some());
+        assert!(all.allow_unauthenticated.is_some() && all.max_connections.is_some());
     }
 }

@@ -11,6 +11,7 @@ use crate::tls::ca::CertificateAuthority;
 
 /// Validates the settings as `run` would (CA, upstream trust), then stops.
 pub fn check(settings: &Settings) -> anyhow::Result<()> {
+    check_exposure(settings)?;
     Proxy::new(&settings.proxy)?;
     println!(
         "configuration OK: listen {}, mode {}, CA {}",
@@ -22,6 +23,8 @@ pub fn check(settings: &Settings) -> anyhow::Result<()> {
 }
 
 pub async fn run(settings: Settings) -> anyhow::Result<()> {
+    check_exposure(&settings)?;
+    raise_open_file_limit();
     let config = settings.proxy;
     let proxy = Proxy::new(&config)?;
     let listener = TcpListener::bind(settings.listen)
@@ -47,8 +50,48 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
              anyone on the network path can read and alter this traffic"
         );
     }
-    proxy::serve(proxy, listener, shutdown_signal(), config.drain_timeout).await;
+    let drain = proxy::Drain::within(config.drain_timeout);
+    proxy::serve(proxy, listener, shutdown_signal(), drain).await;
     Ok(())
+}
+
+/// Off loopback, regproxy would be an open proxy to anyone who can reach
+/// it: that needs proxy credentials, or an explicit say-so.
+fn check_exposure(settings: &Settings) -> anyhow::Result<()> {
+    if settings.listen.ip().is_loopback() || settings.proxy.proxy_auth.is_some() {
+        return Ok(());
+    }
+    if !settings.allow_unauthenticated {
+        anyhow::bail!(
+            "refusing to listen on {} without --proxy-auth: anyone who can reach it could use \
+             it as a proxy (give --proxy-auth or --proxy-auth-file, or \
+             --allow-unauthenticated to accept that)",
+            settings.listen
+        );
+    }
+    tracing::warn!(
+        "listening on {} without proxy authentication: anyone who can reach it can use it",
+        settings.listen
+    );
+    Ok(())
+}
+
+/// Each proxied connection can hold two file descriptors; the soft limit
+/// is often far below what the system allows this process.
+fn raise_open_file_limit() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit only read and write the struct we
+    // pass, which lives on this stack frame.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max
+        {
+            limit.rlim_cur = limit.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+        }
+    }
 }
 
 /// Completes on the first SIGINT or SIGTERM. A second signal during the

@@ -17,9 +17,12 @@ use crate::proxy::{self, Proxy};
 use crate::tls::bundle::write_bundle;
 use crate::tls::ca::CertificateAuthority;
 
-/// After the command exits its requests are done; this only bounds the
-/// wait for a client that left a connection half open.
-const EXEC_DRAIN: Duration = Duration::from_secs(2);
+/// After the command exits its requests are done: no quiet period, and a
+/// short bound on the wait for a client that left a connection half open.
+const EXEC_DRAIN: proxy::Drain = proxy::Drain {
+    timeout: Duration::from_secs(2),
+    quiet: Duration::ZERO,
+};
 
 /// Runs `command` behind a fresh proxy and returns the exit code to leave
 /// with: the command's own, or 128 + the signal that killed it.

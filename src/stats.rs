@@ -1,6 +1,8 @@
 //! Counters of what the daemon did, for summaries and tests.
 
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 #[derive(Debug, Default)]
 pub struct Stats {
@@ -15,6 +17,10 @@ pub struct Stats {
     /// Request body bytes sent to upload endpoints: the layer bytes that
     /// reached the registry.
     pub upload_bytes: AtomicU64,
+    /// Exchanges (and tunnels) not finished yet, and when the last one
+    /// finished: what the shutdown drain waits on.
+    in_flight: AtomicU64,
+    last_finished: Mutex<Option<Instant>>,
 }
 
 /// A copy of the counters at one moment.
@@ -28,6 +34,25 @@ pub struct StatsSnapshot {
 }
 
 impl Stats {
+    pub fn exchange_started(&self) {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn exchange_finished(&self) {
+        self.in_flight.fetch_sub(1, Ordering::Relaxed);
+        *self.last_finished.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
+    }
+
+    pub fn in_flight(&self) -> u64 {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// Whether an exchange is in flight, or finished less than `quiet` ago.
+    pub fn busy_within(&self, quiet: Duration) -> bool {
+        let last = *self.last_finished.lock().unwrap_or_else(|e| e.into_inner());
+        self.in_flight() > 0 || last.is_some_and(|t| t.elapsed() < quiet)
+    }
+
     pub fn snapshot(&self) -> StatsSnapshot {
         let get = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
         StatsSnapshot {

@@ -1,13 +1,17 @@
 //! Bodies as they stream through: counted on the way, never buffered.
 
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Empty, Full};
+
+use tokio::time::{Instant, Sleep};
 
 use super::exchange::{Direction, Exchange};
 
@@ -26,6 +30,12 @@ pub fn text(message: String) -> ProxyBody {
         .boxed()
 }
 
+/// A body whose sender sends nothing for this long is given up on. Only
+/// time spent waiting on the sender counts: a registry slow to read an
+/// upload (backpressure) never trips it, and a slow link that still moves
+/// bytes never does either.
+pub const BODY_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
+
 /// A body that counts its bytes into its exchange as they pass. It holds
 /// no data itself: each frame goes on as soon as it is polled, which is
 /// what gives end-to-end backpressure.
@@ -33,6 +43,9 @@ pub struct Metered<B> {
     inner: B,
     exchange: Arc<Exchange>,
     direction: Direction,
+    /// Armed while waiting on the sender, from the moment the wait began.
+    idle: Pin<Box<Sleep>>,
+    waiting: bool,
 }
 
 impl<B> Metered<B> {
@@ -41,7 +54,20 @@ impl<B> Metered<B> {
             inner,
             exchange,
             direction,
+            idle: Box::pin(tokio::time::sleep(BODY_IDLE_TIMEOUT)),
+            waiting: false,
         }
+    }
+
+    /// Called when the sender has nothing for us: starts the idle clock
+    /// if this wait just began, and says whether it has run out.
+    fn sender_idle_too_long(&mut self, cx: &mut Context<'_>) -> bool {
+        if !self.waiting {
+            self.waiting = true;
+            let deadline = Instant::now() + BODY_IDLE_TIMEOUT;
+            self.idle.as_mut().reset(deadline);
+        }
+        self.idle.as_mut().poll(cx).is_ready()
     }
 }
 
@@ -58,7 +84,22 @@ where
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        if polled.is_ready() {
+            self.waiting = false;
+        }
         match polled {
+            Poll::Pending if self.sender_idle_too_long(cx) => {
+                let side = match self.direction {
+                    Direction::Up => "client",
+                    Direction::Down => "registry",
+                };
+                let message = format!(
+                    "{side} sent nothing for {}s; body abandoned",
+                    BODY_IDLE_TIMEOUT.as_secs()
+                );
+                self.exchange.fail(message.clone());
+                Poll::Ready(Some(Err(message.into())))
+            }
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(data) = frame.data_ref() {
                     self.exchange.passed(self.direction, data);
@@ -102,4 +143,79 @@ pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
         source = cause.source();
     }
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proxy::exchange::ExchangeStart;
+    use crate::registry::route::Route;
+    use crate::stats::Stats;
+    use http_body_util::BodyExt;
+
+    /// A sender that has `chunks` ready, then never sends again.
+    struct Stalls {
+        chunks: usize,
+    }
+
+    impl Body for Stalls {
+        type Data = Bytes;
+        type Error = BoxError;
+
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+            if self.chunks == 0 {
+                return Poll::Pending;
+            }
+            self.chunks -= 1;
+            Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(b"layer bytes")))))
+        }
+    }
+
+    fn metered(chunks: usize) -> Metered<Stalls> {
+        let start = ExchangeStart {
+            client: "127.0.0.1:1".parse().unwrap(),
+            method: http::Method::PATCH,
+            scheme: "https".into(),
+            host: "registry.test:443".into(),
+            path: "/v2/app/blobs/uploads/u".into(),
+            query: None,
+            version: http::Version::HTTP_11,
+            tls_intercepted: true,
+            route: Route::Other,
+            action: "pass",
+        };
+        let exchange = Exchange::begin(
+            start,
+            &http::HeaderMap::new(),
+            Arc::new(Stats::default()),
+            None,
+        );
+        Metered::new(Stalls { chunks }, exchange, Direction::Up)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stalled_sender_is_given_up_after_the_idle_timeout() {
+        let mut body = metered(1);
+        assert!(body.frame().await.unwrap().is_ok());
+        let started = Instant::now();
+        let error = body.frame().await.unwrap().unwrap_err();
+        assert!(error.to_string().contains("sent nothing"), "{error}");
+        assert_eq!(started.elapsed(), BODY_IDLE_TIMEOUT);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn time_not_spent_waiting_on_the_sender_does_not_count() {
+        let mut body = metered(2);
+        assert!(body.frame().await.unwrap().is_ok());
+        // The receiver was slow (backpressure): nobody polled for longer
+        // than the idle timeout, yet the sender had data ready.
+        tokio::time::sleep(BODY_IDLE_TIMEOUT * 2).await;
+        assert!(body.frame().await.unwrap().is_ok());
+        let started = Instant::now();
+        assert!(body.frame().await.unwrap().is_err());
+        assert_eq!(started.elapsed(), BODY_IDLE_TIMEOUT);
+    }
 }

@@ -23,7 +23,7 @@ use super::body::{self, ProxyBody};
 use super::exchange::{Direction, Exchange, ExchangeStart};
 use super::forward::{forward, Target};
 use super::rewind::Rewind;
-use super::{respond, Proxy, HEADER_READ_TIMEOUT};
+use super::{respond, Proxy, HEADER_READ_TIMEOUT, MAX_HEAD_BYTES};
 use crate::registry::route::Route;
 
 /// The first byte of every TLS connection: a handshake record.
@@ -38,6 +38,8 @@ const FIRST_BYTES_TIMEOUT: Duration = Duration::from_secs(30);
 /// line rate while bounding what one connection can make regproxy hold.
 const H2_STREAM_WINDOW: u32 = 8 << 20;
 const H2_CONNECTION_WINDOW: u32 = 16 << 20;
+const H2_KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(30);
+const H2_KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(20);
 /// Larger DATA frames mean fewer frame headers and wake-ups per layer.
 const H2_MAX_FRAME_SIZE: u32 = 256 << 10;
 
@@ -162,8 +164,21 @@ fn connection_established() -> Response<ProxyBody> {
 
 /// The `CONNECT` target, which must name both host and port.
 fn tunnel_authority(request: &Request<Incoming>) -> Option<Authority> {
-    let authority = request.uri().authority()?;
-    (authority.port_u16().is_some() && !authority.host().is_empty()).then(|| authority.clone())
+    tunnel_target(request.uri().authority()?.as_str())
+}
+
+/// Parses a `CONNECT` target: `host:port` with a DNS name or IP address
+/// (IPv6 in brackets) and a non-zero port. Anything else is refused
+/// before regproxy would mint a certificate or dial out for it.
+pub fn tunnel_target(text: &str) -> Option<Authority> {
+    let authority: Authority = text.parse().ok()?;
+    let port = authority.port_u16().filter(|p| *p != 0)?;
+    let host = authority
+        .host()
+        .trim_start_matches('[')
+        .trim_end_matches(']');
+    let valid_host = rustls::pki_types::ServerName::try_from(host).is_ok();
+    (valid_host && port > 0 && !authority.as_str().contains('@')).then_some(authority)
 }
 
 struct Tunnel {
@@ -252,13 +267,41 @@ fn tunnel_server(h2: bool) -> auto::Builder<TokioExecutor> {
             .timer(TokioTimer::new())
             .initial_stream_window_size(H2_STREAM_WINDOW)
             .initial_connection_window_size(H2_CONNECTION_WINDOW)
-            .max_frame_size(H2_MAX_FRAME_SIZE);
+            .max_frame_size(H2_MAX_FRAME_SIZE)
+            // Pings find dead idle connections, which h2 would keep forever.
+            .keep_alive_interval(H2_KEEP_ALIVE_INTERVAL)
+            .keep_alive_timeout(H2_KEEP_ALIVE_TIMEOUT);
     } else {
         builder = builder.http1_only();
         builder
             .http1()
             .timer(TokioTimer::new())
-            .header_read_timeout(HEADER_READ_TIMEOUT);
+            .header_read_timeout(HEADER_READ_TIMEOUT)
+            .max_buf_size(MAX_HEAD_BYTES);
     }
     builder
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connect_targets_need_a_host_and_a_port() {
+        assert!(tunnel_target("registry.test:443").is_some());
+        assert!(tunnel_target("10.0.0.1:5000").is_some());
+        assert!(tunnel_target("[::1]:5000").is_some());
+        for bad in [
+            "registry.test",
+            ":443",
+            "registry.test:0",
+            "registry.test:99999",
+            "a b:1",
+            "user@host:1",
+            "bad..name:1",
+            "",
+        ] {
+            assert!(tunnel_target(bad).is_none(), "{bad:?}");
+        }
+    }
 }

@@ -93,6 +93,7 @@ impl Exchange {
             }),
             response_body: Mutex::default(),
         });
+        stats.exchange_started();
         Arc::new(Self {
             start,
             started: Instant::now(),
@@ -210,6 +211,7 @@ impl Drop for Exchange {
                 .upload_bytes
                 .fetch_add(*self.up.get_mut(), Ordering::Relaxed);
         }
+        self.stats.exchange_finished();
         let error = lock(&self.error).take();
         self.log_line(error.as_deref());
         if let Some(flow) = self.flow.take() {

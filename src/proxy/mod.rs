@@ -1,27 +1,22 @@
-//! The proxy, in the order a connection meets it: [`serve`] accepts it,
-//! `CONNECT` tunnels are intercepted in [`connect`], and every request is
-//! sent on by [`forward`] through the pooled [`upstream`] client.
+//! The proxy, in the order a connection meets it: [`listener`] accepts it
+//! (and [`auth`] checks it), `CONNECT` tunnels are intercepted in
+//! [`connect`], and every request is sent on by [`forward`] through the
+//! pooled [`upstream`] client. [`exchange`] records each request, [`body`]
+//! streams it, [`respond`] writes regproxy's own answers.
 
+pub mod auth;
 pub mod body;
 pub mod connect;
 pub mod exchange;
 pub mod forward;
+pub mod listener;
 pub mod respond;
 pub mod rewind;
 pub mod upstream;
 
-use std::convert::Infallible;
-use std::future::Future;
-use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
-
-use http::Method;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::{GracefulShutdown, Watcher};
-use tokio::net::{TcpListener, TcpStream};
 
 use crate::config::{HostPattern, ProxyConfig};
 use crate::flow::writer::FlowLog;
@@ -30,15 +25,18 @@ use crate::stats::{Stats, StatsSnapshot};
 use crate::tls::ca::{CaError, CertificateAuthority};
 use crate::tls::leaf::LeafCache;
 use crate::tls::roots::{self, RootsError, UpstreamTrust};
+use upstream::ResolveRule;
+
+pub use listener::{serve, Drain};
 
 /// A client must send its request head within this time; a slow or
 /// stalled client cannot hold a connection open forever. Bodies have no
 /// such limit: a large layer on a slow link takes as long as it takes.
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Pause after a failed accept (usually: out of file descriptors), so the
-/// loop does not spin while connections close and free some.
-const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+/// Request heads larger than this get 431. Registry requests carry small
+/// heads; a bearer token of a few KiB fits many times over.
+pub const MAX_HEAD_BYTES: usize = 64 << 10;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SetupError {
@@ -56,6 +54,12 @@ pub enum SetupError {
 /// Everything the connections of one daemon share.
 pub struct Proxy {
     skip: SkipMode,
+    /// Credentials clients must send; `None`: no proxy authentication.
+    auth: Option<auth::ProxyCredentials>,
+    max_connections: usize,
+    /// Where regproxy itself listens, to refuse requests that loop back.
+    own_addr: OnceLock<SocketAddr>,
+    resolve: Vec<ResolveRule>,
     /// `CONNECT` targets to intercept; empty means all.
     intercept: Vec<HostPattern>,
     leaves: LeafCache,
@@ -93,6 +97,10 @@ impl Proxy {
                 layers: config.skip_existing_layers,
                 manifests: config.skip_existing_manifests,
             },
+            auth: config.proxy_auth.clone(),
+            max_connections: config.max_connections,
+            own_addr: OnceLock::new(),
+            resolve: config.resolve.clone(),
             intercept: config.intercept.clone(),
             leaves: LeafCache::new(ca),
             upstream: upstream::client(connector.clone()),
@@ -116,85 +124,28 @@ impl Proxy {
     pub fn stats(&self) -> StatsSnapshot {
         self.stats.snapshot()
     }
-}
 
-/// Accepts proxy clients on `listener` until `shutdown` completes, then
-/// stops accepting and gives in-flight exchanges up to `drain_timeout`
-/// to finish.
-pub async fn serve(
-    proxy: Arc<Proxy>,
-    listener: TcpListener,
-    shutdown: impl Future<Output = ()>,
-    drain_timeout: Duration,
-) {
-    let graceful = GracefulShutdown::new();
-    tokio::pin!(shutdown);
-    loop {
-        tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((stream, client)) => {
-                    let outer = graceful.watcher();
-                    let inner = graceful.watcher();
-                    tokio::spawn(serve_client(proxy.clone(), stream, client, outer, inner));
-                }
-                Err(error) => {
-                    tracing::warn!("accepting a connection failed: {error}");
-                    tokio::time::sleep(ACCEPT_BACKOFF).await;
-                }
-            },
-            () = &mut shutdown => break,
+    /// Whether `host:port` is regproxy's own listening address, where a
+    /// forwarded request would come straight back in.
+    fn is_own_address(&self, host: &str, port: u16) -> bool {
+        let Some(own) = self.own_addr.get() else {
+            return false;
+        };
+        if port != own.port() {
+            return false;
         }
-    }
-    drop(listener);
-    drain(graceful, drain_timeout).await;
-}
-
-async fn drain(graceful: GracefulShutdown, drain_timeout: Duration) {
-    let open = graceful.count();
-    tracing::info!(
-        connections = open,
-        "shutting down: no new connections, waiting up to {}s for open ones",
-        drain_timeout.as_secs()
-    );
-    match tokio::time::timeout(drain_timeout, graceful.shutdown()).await {
-        Ok(()) => tracing::info!("all connections finished"),
-        Err(_) => tracing::warn!("drain timeout reached; closing remaining connections"),
-    }
-}
-
-/// Serves one proxy client: absolute-form requests and `CONNECT`.
-/// `outer` watches this connection for graceful shutdown; `inner` is
-/// handed to the tunnel if the client opens one, so shutdown also waits
-/// for the requests inside it.
-async fn serve_client(
-    proxy: Arc<Proxy>,
-    stream: TcpStream,
-    client: SocketAddr,
-    outer: Watcher,
-    inner: Watcher,
-) {
-    let _ = stream.set_nodelay(true);
-    let inner = Arc::new(Mutex::new(Some(inner)));
-    let service = service_fn(move |request: http::Request<_>| {
-        let proxy = proxy.clone();
-        let inner = inner.clone();
-        async move {
-            let response = if request.method() == Method::CONNECT {
-                let watcher = inner.lock().unwrap_or_else(|e| e.into_inner()).take();
-                connect::handle_connect(proxy, client, request, watcher).await
-            } else {
-                forward::forward(proxy, client, None, request).await
-            };
-            Ok::<_, Infallible>(response)
+        let host = host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_ascii_lowercase();
+        let overridden = self
+            .resolve
+            .iter()
+            .find(|r| r.host == host && r.port == port);
+        let ip: Option<IpAddr> = overridden.map(|r| r.addr).or_else(|| host.parse().ok());
+        match ip {
+            Some(ip) => ip == own.ip() || ip.is_loopback() || ip.is_unspecified(),
+            None => host == "localhost",
         }
-    });
-    let mut builder = auto::Builder::new(TokioExecutor::new()).http1_only();
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT);
-    let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-    if let Err(error) = outer.watch(connection).await {
-        tracing::debug!(%client, "client connection ended: {error}");
     }
 }

@@ -35,6 +35,19 @@ pub fn not_a_proxy_request(uri: &Uri) -> Response<ProxyBody> {
     ))
 }
 
+/// 407: the client must send `Proxy-Authorization: Basic ...`.
+pub fn proxy_auth_required() -> Response<ProxyBody> {
+    let mut response = plain(
+        StatusCode::PROXY_AUTHENTICATION_REQUIRED,
+        "regproxy: proxy authentication required\n".to_owned(),
+    );
+    response.headers_mut().insert(
+        http::header::PROXY_AUTHENTICATE,
+        http::HeaderValue::from_static("Basic realm=\"regproxy\""),
+    );
+    response
+}
+
 pub fn bad_gateway(message: String) -> Response<ProxyBody> {
     plain(StatusCode::BAD_GATEWAY, format!("regproxy: {message}\n"))
 }

@@ -4,7 +4,9 @@
 
 pub mod containerd;
 pub mod image;
+pub mod load;
 pub mod registry;
+pub mod relay;
 pub mod skopeo;
 
 use std::net::SocketAddr;
@@ -115,7 +117,7 @@ impl RunningProxy {
                 let shutdown = async move {
                     let _ = stopped.await;
                 };
-                let drain = std::time::Duration::from_secs(5);
+                let drain = regproxy::proxy::Drain::within(std::time::Duration::from_secs(5));
                 regproxy::serve(serving, listener, shutdown, drain).await;
             });
         });

@@ -1,0 +1,531 @@
+//! Bad input, broken networks and aborted clients: each gets a clear
+//! answer or a closed connection, nothing is passed off as complete, and
+//! the daemon carries on serving everyone else.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::process::{Child, Command};
+use std::time::{Duration, Instant};
+
+use crate::support::image::sha256;
+use crate::support::registry::{free_port, Registry, REGISTRY_BINARY};
+use crate::support::relay::CuttingRelay;
+use crate::support::{curl, curl_exchange, have, run, ProxyOptions, RunningProxy};
+
+const REGPROXY: &str = env!("CARGO_BIN_EXE_regproxy");
+
+/// Sends raw bytes to the proxy and returns what came back before the
+/// connection closed or went quiet.
+fn raw_exchange(proxy: std::net::SocketAddr, bytes: &[u8]) -> String {
+    let mut stream = TcpStream::connect(proxy).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let _ = stream.write_all(bytes);
+    let mut answer = Vec::new();
+    let mut buffer = [0u8; 4096];
+    while let Ok(n) = stream.read(&mut buffer) {
+        if n == 0 {
+            break;
+        }
+        answer.extend_from_slice(&buffer[..n]);
+        if answer.windows(4).any(|w| w == b"\r\n\r\n") && !answer.starts_with(b"HTTP/1.1 200") {
+            break;
+        }
+    }
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+fn status_of(answer: &str) -> Option<u16> {
+    answer.strip_prefix("HTTP/1.1 ")?.get(..3)?.parse().ok()
+}
+
+/// A TLS ClientHello whose server name is not a valid host name.
+fn client_hello_with_sni(name: &[u8]) -> Vec<u8> {
+    let mut sni = vec![0x00];
+    sni.extend_from_slice(&(name.len() as u16).to_be_bytes());
+    sni.extend_from_slice(name);
+    let mut list = (sni.len() as u16).to_be_bytes().to_vec();
+    list.extend_from_slice(&sni);
+    let mut extensions = vec![0x00, 0x00];
+    extensions.extend_from_slice(&(list.len() as u16).to_be_bytes());
+    extensions.extend_from_slice(&list);
+    let mut hello = vec![0x03, 0x03];
+    hello.extend_from_slice(&[7u8; 32]);
+    hello.extend_from_slice(&[0x00, 0x00, 0x02, 0x13, 0x01, 0x01, 0x00]);
+    hello.extend_from_slice(&(extensions.len() as u16).to_be_bytes());
+    hello.extend_from_slice(&extensions);
+    let mut handshake = vec![0x01, 0x00];
+    handshake.extend_from_slice(&(hello.len() as u16).to_be_bytes());
+    handshake.extend_from_slice(&hello);
+    let mut record = vec![0x16, 0x03, 0x01];
+    record.extend_from_slice(&(handshake.len() as u16).to_be_bytes());
+    record.extend_from_slice(&handshake);
+    record
+}
+
+#[test]
+fn bad_input_gets_a_clear_answer_and_the_daemon_carries_on() {
+    if !have(&[REGISTRY_BINARY]) {
+        return;
+    }
+    let registry = Registry::start_plain();
+    let proxy = RunningProxy::start(ProxyOptions {
+        resolve_ports: vec![registry.port],
+        ..ProxyOptions::default()
+    });
+    let own = proxy.addr;
+    let target = format!("registry.test:{}", registry.port);
+    let huge_header = format!(
+        "GET http://{target}/v2/ HTTP/1.1\r\nHost: {target}\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(100_000)
+    );
+    let connect =
+        |host: &str| format!("CONNECT {host} HTTP/1.1\r\nHost: {host}\r\n\r\n").into_bytes();
+    let tunnel_then = |after: &[u8]| {
+        let mut bytes = connect(&target);
+        bytes.extend_from_slice(after);
+        bytes
+    };
+    let corpus: Vec<(&str, Vec<u8>, Option<u16>)> = vec![
+        (
+            "malformed request line",
+            b"GARBAGE\r\n\r\n".to_vec(),
+            Some(400),
+        ),
+        (
+            "binary junk",
+            vec![0u8, 159, 146, 150, 13, 10, 13, 10],
+            Some(400),
+        ),
+        ("oversized headers", huge_header.into_bytes(), Some(431)),
+        ("CONNECT without port", connect("registry.test"), Some(400)),
+        (
+            "CONNECT with invalid host",
+            connect("bad..host:443"),
+            Some(400),
+        ),
+        (
+            "CONNECT to regproxy itself",
+            connect(&own.to_string()),
+            Some(400),
+        ),
+        (
+            "CONNECT to localhost at regproxy's port",
+            connect(&format!("localhost:{}", own.port())),
+            Some(400),
+        ),
+        (
+            "absolute-form to regproxy itself",
+            format!("GET http://{own}/ HTTP/1.1\r\nHost: {own}\r\n\r\n").into_bytes(),
+            Some(400),
+        ),
+        (
+            "origin-form to the proxy port",
+            b"GET /v2/ HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(),
+            Some(400),
+        ),
+        (
+            "plain garbage inside a tunnel",
+            tunnel_then(b"NOT TLS\r\n\r\n"),
+            Some(200),
+        ),
+        (
+            "TLS record that is not a ClientHello",
+            tunnel_then(b"\x16\x03\x01\x00\x05hello"),
+            Some(200),
+        ),
+        (
+            "ClientHello with an invalid server name",
+            tunnel_then(&client_hello_with_sni(b"bad..name")),
+            Some(200),
+        ),
+        (
+            "ClientHello with a non-ASCII server name",
+            tunnel_then(&client_hello_with_sni("ex\u{e4}mple.test".as_bytes())),
+            Some(200),
+        ),
+    ];
+    for (what, bytes, expected) in corpus {
+        let answer = raw_exchange(own, &bytes);
+        assert_eq!(status_of(&answer), expected, "{what}: {answer:.200}");
+        if expected == Some(200) {
+            // The tunnel opened; what was sent through it must not have
+            // been answered as a success.
+            let inner = &answer[answer.find("\r\n\r\n").unwrap() + 4..];
+            assert!(!inner.contains("200 OK"), "{what}: {inner:.200}");
+        }
+        let alive = raw_exchange(
+            own,
+            format!(
+                "GET http://{target}/v2/ HTTP/1.1\r\nHost: {target}\r\nConnection: close\r\n\r\n"
+            )
+            .as_bytes(),
+        );
+        assert_eq!(status_of(&alive), Some(200), "after {what}: {alive:.200}");
+    }
+}
+
+#[test]
+fn upstream_reset_mid_body_is_an_error_for_the_client() {
+    if !have(&[REGISTRY_BINARY, "curl"]) {
+        return;
+    }
+    let registry = Registry::start_tls();
+    let direct = RunningProxy::start(ProxyOptions {
+        upstream_ca: registry.ca_file.clone(),
+        resolve_ports: vec![registry.port],
+        ..ProxyOptions::default()
+    });
+    let blob: Vec<u8> = (0..4_000_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    let digest = upload(&direct, &registry, &blob);
+
+    // The same registry behind a relay that breaks off after 1 MiB.
+    let relay = CuttingRelay::start(registry.port, 1 << 20);
+    let broken = RunningProxy::start(ProxyOptions {
+        upstream_ca: registry.ca_file.clone(),
+        resolve_ports: vec![relay.port],
+        ..ProxyOptions::default()
+    });
+    let url = format!(
+        "https://registry.test:{}/v2/team/app/blobs/{digest}",
+        relay.port
+    );
+    for http2 in [false, true] {
+        let out = tempfile::NamedTempFile::new().unwrap();
+        let mut command = curl(&broken);
+        if http2 {
+            command.arg("--http2");
+        }
+        let output = run(command.arg("--output").arg(out.path()).arg(&url));
+        let received = std::fs::metadata(out.path()).unwrap().len();
+        assert!(
+            !output.status.success(),
+            "http2={http2}: curl saw a complete body of {received} bytes"
+        );
+        assert!(received < blob.len() as u64, "http2={http2}");
+    }
+}
+
+fn upload(proxy: &RunningProxy, registry: &Registry, blob: &[u8]) -> String {
+    let digest = sha256(blob);
+    let start = curl_exchange(
+        curl(proxy)
+            .args(["--request", "POST"])
+            .arg(registry.url("team/app/blobs/uploads/")),
+    );
+    let location = start.header("location").unwrap();
+    let file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(file.path(), blob).unwrap();
+    let separator = if location.contains('?') { '&' } else { '?' };
+    let put = curl_exchange(
+        curl(proxy)
+            .args([
+                "--request",
+                "PUT",
+                "--header",
+                "Content-Type: application/octet-stream",
+            ])
+            .arg("--data-binary")
+            .arg(format!("@{}", file.path().display()))
+            .arg(format!("{location}{separator}digest={digest}")),
+    );
+    assert_eq!(put.status, 201, "{put:#?}");
+    digest
+}
+
+/// The regproxy binary as a daemon, pass-through, on a free port.
+pub struct Daemon {
+    child: Child,
+    port: u16,
+    dir: tempfile::TempDir,
+}
+
+impl Daemon {
+    fn start(registry_port: u16, extra: &[&str]) -> Daemon {
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let log = std::fs::File::create(dir.path().join("daemon.log")).unwrap();
+        let child = Command::new(REGPROXY)
+            .args(["run", "--listen", &format!("127.0.0.1:{port}"), "--ca-dir"])
+            .arg(dir.path().join("ca"))
+            .arg("--resolve")
+            .arg(format!("registry.test:{registry_port}:127.0.0.1"))
+            .args(extra)
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "daemon did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Daemon { child, port, dir }
+    }
+
+    fn open_fds(&self) -> usize {
+        std::fs::read_dir(format!("/proc/{}/fd", self.child.id()))
+            .unwrap()
+            .count()
+    }
+
+    fn peak_rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
+        let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
+        line.split_whitespace().nth(1).unwrap().parse().unwrap()
+    }
+
+    fn addr(&self) -> std::net::SocketAddr {
+        ([127, 0, 0, 1], self.port).into()
+    }
+
+    fn ca_dir(&self) -> std::path::PathBuf {
+        self.dir.path().join("ca")
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("daemon.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Opens an upload session with an absolute-form POST; returns its path.
+fn open_session(proxy: std::net::SocketAddr, target: &str) -> String {
+    let answer = raw_exchange(
+        proxy,
+        format!("POST http://{target}/v2/team/app/blobs/uploads/ HTTP/1.1\r\nHost: {target}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").as_bytes(),
+    );
+    assert_eq!(status_of(&answer), Some(202), "{answer}");
+    let location = answer
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("Location: ")
+                .or_else(|| l.strip_prefix("location: "))
+        })
+        .expect("Location header")
+        .trim()
+        .to_owned();
+    let path_start = location.find("/v2/").unwrap();
+    location[path_start..].to_owned()
+}
+
+#[test]
+fn aborted_uploads_release_everything() {
+    if !have(&[REGISTRY_BINARY]) {
+        return;
+    }
+    let registry = Registry::start_plain();
+    let daemon = Daemon::start(registry.port, &[]);
+    let target = format!("registry.test:{}", registry.port);
+    let chunk = vec![0x5a_u8; 64 << 10];
+
+    let _ = open_session(daemon.addr(), &target);
+    std::thread::sleep(Duration::from_millis(200));
+    let baseline = daemon.open_fds();
+    const ABORTS: usize = 1000;
+    for _ in 0..ABORTS {
+        let session = open_session(daemon.addr(), &target);
+        let mut stream = TcpStream::connect(daemon.addr()).unwrap();
+        let head = format!(
+            "PATCH http://{target}{session} HTTP/1.1\r\nHost: {target}\r\nContent-Type: application/octet-stream\r\nContent-Length: {}\r\n\r\n",
+            8 << 20
+        );
+        stream.write_all(head.as_bytes()).unwrap();
+        stream.write_all(&chunk).unwrap();
+        // The client goes away with most of its upload unsent.
+        drop(stream);
+    }
+
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut open = daemon.open_fds();
+    while open > baseline + 2 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+        open = daemon.open_fds();
+    }
+    eprintln!("aborted uploads: {ABORTS}; regproxy fds before {baseline}, after {open}");
+    assert!(open <= baseline + 2, "fds before {baseline}, after {open}");
+    let alive = raw_exchange(
+        daemon.addr(),
+        format!("GET http://{target}/v2/ HTTP/1.1\r\nHost: {target}\r\nConnection: close\r\n\r\n")
+            .as_bytes(),
+    );
+    assert_eq!(status_of(&alive), Some(200));
+}
+
+#[test]
+fn listening_beyond_loopback_needs_proxy_credentials() {
+    let dir = tempfile::tempdir().unwrap();
+    let refused = Command::new(REGPROXY)
+        .args(["run", "--check", "--listen", "0.0.0.0:0", "--ca-dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("--proxy-auth"));
+
+    let auth = dir.path().join("proxy-auth");
+    std::fs::write(&auth, "ci:hunter2\n").unwrap();
+    for extra in [
+        vec!["--proxy-auth-file", auth.to_str().unwrap()],
+        vec!["--allow-unauthenticated"],
+    ] {
+        let allowed = Command::new(REGPROXY)
+            .args(["run", "--check", "--listen", "0.0.0.0:0", "--ca-dir"])
+            .arg(dir.path())
+            .args(&extra)
+            .output()
+            .unwrap();
+        assert!(allowed.status.success(), "{extra:?}: {allowed:?}");
+    }
+}
+
+#[test]
+fn proxy_credentials_are_required_when_configured() {
+    if !have(&[REGISTRY_BINARY]) {
+        return;
+    }
+    let registry = Registry::start_plain();
+    let daemon = Daemon::start(registry.port, &["--proxy-auth", "ci:hunter2"]);
+    let target = format!("registry.test:{}", registry.port);
+    let request = |auth: &str| {
+        raw_exchange(daemon.addr(), format!("GET http://{target}/v2/ HTTP/1.1\r\nHost: {target}\r\n{auth}Connection: close\r\n\r\n").as_bytes())
+    };
+    let missing = request("");
+    assert_eq!(status_of(&missing), Some(407), "{missing}");
+    assert!(
+        missing
+            .to_ascii_lowercase()
+            .contains("proxy-authenticate: basic"),
+        "{missing}"
+    );
+    assert_eq!(
+        status_of(&request("Proxy-Authorization: Basic Y2k6d3Jvbmc=\r\n")),
+        Some(407)
+    );
+    // base64("ci:hunter2")
+    assert_eq!(
+        status_of(&request("Proxy-Authorization: Basic Y2k6aHVudGVyMg==\r\n")),
+        Some(200)
+    );
+    let tunnel = raw_exchange(
+        daemon.addr(),
+        format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n").as_bytes(),
+    );
+    assert_eq!(status_of(&tunnel), Some(407));
+}
+
+#[test]
+fn five_hundred_tunnels_of_keep_alive_heads_without_an_error() {
+    if !have(&[REGISTRY_BINARY, "curl"]) {
+        return;
+    }
+    let registry = Registry::start_tls();
+    let ca = registry.ca_file.clone().unwrap();
+    let seed = RunningProxy::start(ProxyOptions {
+        upstream_ca: Some(ca.clone()),
+        resolve_ports: vec![registry.port],
+        ..ProxyOptions::default()
+    });
+    let digest = upload(&seed, &registry, b"a layer to check for");
+    let daemon = Daemon::start(registry.port, &["--upstream-ca", ca.to_str().unwrap()]);
+    let path = format!("/v2/team/app/blobs/{digest}");
+    let outcome = crate::support::load::keep_alive_heads(
+        daemon.addr(),
+        &daemon.ca_dir().join("ca.crt"),
+        &format!("registry.test:{}", registry.port),
+        &path,
+        500,
+        Duration::from_secs(5),
+    );
+    let rss = daemon.peak_rss_kib() / 1024;
+    eprintln!(
+        "load: {} tunnels, {} HEADs in 5 s, {} errors; regproxy peak RSS {rss} MiB",
+        outcome.tunnels,
+        outcome.heads,
+        outcome.errors.len()
+    );
+    assert_eq!(outcome.tunnels, 500);
+    assert!(
+        outcome.errors.is_empty(),
+        "{:?}",
+        &outcome.errors[..outcome.errors.len().min(5)]
+    );
+    assert!(outcome.heads >= 500);
+}
+
+#[test]
+fn sigterm_during_a_large_upload_lets_the_push_finish() {
+    if !have(&[REGISTRY_BINARY, "skopeo"]) {
+        return;
+    }
+    let registry = Registry::start_tls();
+    let ca = registry.ca_file.clone().unwrap();
+    let image = crate::support::image::OciImage::generate(61, &[4 << 10, 256 << 20]);
+    let daemon = Daemon::start(
+        registry.port,
+        &[
+            "--skip-existing-layers",
+            "--upstream-ca",
+            ca.to_str().unwrap(),
+        ],
+    );
+    let mut push = Command::new("skopeo")
+        .env("HTTPS_PROXY", format!("http://{}", daemon.addr()))
+        .args(["copy", "--quiet", "--dest-cert-dir"])
+        .arg(daemon.ca_dir())
+        .arg(image.reference())
+        .arg(format!("docker://{}/team/app:1", registry.host()))
+        .spawn()
+        .unwrap();
+
+    // Both upload sessions are open: the large layer is on its way.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while daemon.log().matches("/blobs/uploads/ client=").count() < 2 {
+        assert!(
+            Instant::now() < deadline,
+            "uploads never started:\n{}",
+            daemon.log()
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let large_done = |log: &str| {
+        log.lines()
+            .any(|l| l.contains("PATCH") && l.contains("up=268"))
+    };
+    assert!(
+        !large_done(&daemon.log()),
+        "the large upload finished before SIGTERM"
+    );
+    let kill = Command::new("kill")
+        .args(["-TERM", &daemon.child.id().to_string()])
+        .status();
+    assert!(kill.unwrap().success());
+
+    assert!(
+        push.wait().unwrap().success(),
+        "the push failed:\n{}",
+        daemon.log()
+    );
+    let mut daemon = daemon;
+    let status = daemon.child.wait().unwrap();
+    assert!(
+        status.success(),
+        "regproxy exit status {status}:\n{}",
+        daemon.log()
+    );
+    assert!(large_done(&daemon.log()), "{}", daemon.log());
+    assert!(daemon.log().contains("shutting down"), "{}", daemon.log());
+
+    let verifier = RunningProxy::start(ProxyOptions {
+        upstream_ca: Some(ca),
+        resolve_ports: vec![registry.port],
+        ..ProxyOptions::default()
+    });
+    crate::support::skopeo::assert_pulls_back_identical(&verifier, &registry, &image, "team/app:1");
+}
