@@ -117,6 +117,17 @@ impl Registry {
         format!("{}://{}/v2/{rest}", self.scheme(), self.host())
     }
 
+    /// A directory holding only the test CA as `ca.crt`, for clients that
+    /// connect to the registry directly (`--dest-cert-dir`, `--hosts-dir`).
+    pub fn client_cert_dir(&self) -> PathBuf {
+        let dir = self.dir.path().join("client-certs");
+        if let Some(ca) = &self.ca_file {
+            fs::create_dir_all(&dir).unwrap();
+            fs::copy(ca, dir.join("ca.crt")).unwrap();
+        }
+        dir
+    }
+
     /// Where the registry keeps a blob's bytes on disk.
     pub fn blob_data(&self, digest: &str) -> PathBuf {
         let hex = digest.strip_prefix("sha256:").expect("sha256 digest");
@@ -173,7 +184,9 @@ fn make_test_tls(dir: &Path) -> TestTls {
     let issuer = Issuer::new(ca_params, ca_key);
 
     let key = KeyPair::generate().unwrap();
-    let params = CertificateParams::new(vec![REGISTRY_HOST.to_owned()]).unwrap();
+    // `localhost` too, for benchmarks that push directly, without regproxy.
+    let params =
+        CertificateParams::new(vec![REGISTRY_HOST.to_owned(), "localhost".to_owned()]).unwrap();
     let cert = params.signed_by(&key, &issuer).unwrap();
 
     let tls = TestTls {

@@ -1,0 +1,428 @@
+//! Push benchmark: a forced re-push through regproxy against a direct push
+//! of the same image, in the same run, to the real registry over TLS.
+//!
+//! ```text
+//! cargo bench --bench push                          # 4 layers of 256 MiB, 3 runs
+//! REGPROXY_BENCH_QUICK=1 cargo bench --bench push   # 2 layers of 8 MiB, 1 run
+//! ```
+//!
+//! `REGPROXY_BENCH_LAYERS`, `REGPROXY_BENCH_LAYER_MIB` and
+//! `REGPROXY_BENCH_RUNS` override the shape. Scenarios alternate run by
+//! run, so a machine that slows down mid-benchmark slows all of them.
+//! Every push goes to a fresh registry: a direct push uploads every layer
+//! as new; a forced push goes to a registry that already holds the image
+//! and uploads every layer again because of skip mode. Rows for ctr and
+//! mitmproxy appear when containerd and mitmdump are installed.
+
+#[path = "../support/mod.rs"]
+#[allow(dead_code)]
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use support::image::OciImage;
+use support::registry::{free_port, Registry, REGISTRY_BINARY};
+
+const REGPROXY: &str = env!("CARGO_BIN_EXE_regproxy");
+
+fn main() {
+    let quick = std::env::var_os("REGPROXY_BENCH_QUICK").is_some();
+    let layers = env_number("REGPROXY_BENCH_LAYERS", if quick { 2 } else { 4 });
+    let layer_mib = env_number("REGPROXY_BENCH_LAYER_MIB", if quick { 8 } else { 256 });
+    let runs = env_number("REGPROXY_BENCH_RUNS", if quick { 1 } else { 3 });
+    for binary in [REGISTRY_BINARY, "skopeo"] {
+        if support::which(binary).is_none() {
+            println!("push benchmark skipped: {binary} is not installed");
+            return;
+        }
+    }
+    let image = OciImage::generate(7, &vec![layer_mib << 20; layers]);
+    let gib = image.layer_bytes() as f64 / (1u64 << 30) as f64;
+    println!("image: {layers} layers of {layer_mib} MiB ({gib:.2} GiB), {runs} runs per scenario");
+
+    let ctr = Ctr::start();
+    let mitm = support::which("mitmdump").is_some();
+    let mut rows: Vec<Row> = Vec::new();
+    let mut add = |name: &str, sample: Sample| match rows.iter_mut().find(|r| r.name == name) {
+        Some(row) => row.samples.push(sample),
+        None => rows.push(Row { name: name.to_owned(), samples: vec![sample] }),
+    };
+    for _ in 0..runs {
+        add("skopeo direct push, all layers new", skopeo_direct(&image));
+        add("skopeo through regproxy, forced re-push", skopeo_through_regproxy(&image));
+        if mitm {
+            add("skopeo through mitmproxy + addon, forced", skopeo_through_mitmproxy(&image));
+        }
+        if let Some(ctr) = &ctr {
+            add("ctr direct push, all layers new", ctr.push_direct(&image));
+            add("ctr through regproxy, forced re-push", ctr.push_through_regproxy(&image));
+        }
+    }
+    if !mitm {
+        println!("(mitmdump not installed: mitmproxy row skipped)");
+    }
+    if ctr.is_none() {
+        println!("(containerd or ctr not installed: ctr rows skipped)");
+    }
+    print_table(&rows, gib);
+}
+
+fn env_number(name: &str, default: usize) -> usize {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+/// One timed push, and what the proxy (if any) spent on it.
+struct Sample {
+    wall: Duration,
+    proxy_cpu: Option<Duration>,
+    proxy_peak_rss_kib: Option<u64>,
+}
+
+struct Row {
+    name: String,
+    samples: Vec<Sample>,
+}
+
+fn skopeo_direct(image: &OciImage) -> Sample {
+    let registry = Registry::start_tls();
+    let wall = time(&mut skopeo_push(image, &registry, "localhost", None, &registry.client_cert_dir()));
+    Sample { wall, proxy_cpu: None, proxy_peak_rss_kib: None }
+}
+
+fn skopeo_through_regproxy(image: &OciImage) -> Sample {
+    let registry = Registry::start_tls();
+    skopeo_push(image, &registry, "localhost", None, &registry.client_cert_dir()).status().unwrap();
+    let proxy = Regproxy::start(&registry);
+    let cpu_before = proxy.cpu();
+    let mut push = skopeo_push(image, &registry, "registry.test", Some(proxy.port), &proxy.ca_dir());
+    let wall = time(&mut push);
+    proxy.sample(wall, cpu_before)
+}
+
+fn skopeo_push(
+    image: &OciImage,
+    registry: &Registry,
+    host: &str,
+    proxy_port: Option<u16>,
+    cert_dir: &Path,
+) -> Command {
+    let mut command = Command::new("skopeo");
+    command.env_remove("HTTPS_PROXY").env_remove("https_proxy");
+    if let Some(port) = proxy_port {
+        command.env("HTTPS_PROXY", format!("http://127.0.0.1:{port}"));
+    }
+    command
+        .args(["copy", "--quiet", "--dest-cert-dir"])
+        .arg(cert_dir)
+        .arg(image.reference())
+        .arg(format!("docker://{host}:{}/team/app:1", registry.port));
+    command
+}
+
+fn time(command: &mut Command) -> Duration {
+    let started = Instant::now();
+    let output = command.output().expect("client runs");
+    let wall = started.elapsed();
+    assert!(
+        output.status.success(),
+        "{command:?} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    wall
+}
+
+/// The release regproxy binary in skip mode, one per timed push so that
+/// its peak memory belongs to that push alone.
+struct Regproxy {
+    child: Child,
+    port: u16,
+    dir: tempfile::TempDir,
+}
+
+impl Regproxy {
+    fn start(registry: &Registry) -> Regproxy {
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let child = Command::new(REGPROXY)
+            .args(["run", "--skip-existing-layers", "--listen", &format!("127.0.0.1:{port}")])
+            .arg("--ca-dir")
+            .arg(dir.path().join("ca"))
+            .arg("--upstream-ca")
+            .arg(registry.ca_file.as_ref().unwrap())
+            .arg("--resolve")
+            .arg(format!("registry.test:{}:127.0.0.1", registry.port))
+            .env("RUST_LOG", "warn")
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        wait_for_port(port);
+        Regproxy { child, port, dir }
+    }
+
+    fn ca_dir(&self) -> PathBuf {
+        self.dir.path().join("ca")
+    }
+
+    /// User plus system CPU time so far, from /proc.
+    fn cpu(&self) -> Duration {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap();
+        // Fields after the command name, which is in parentheses.
+        let fields: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..].split(' ').collect();
+        let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+        // SAFETY: sysconf only reads a system constant.
+        let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as u64;
+        Duration::from_secs_f64(ticks as f64 / per_second as f64)
+    }
+
+    fn peak_rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
+        let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
+        line.split_whitespace().nth(1).unwrap().parse().unwrap()
+    }
+
+    fn sample(mut self, wall: Duration, cpu_before: Duration) -> Sample {
+        let sample = Sample {
+            wall,
+            proxy_cpu: Some(self.cpu() - cpu_before),
+            proxy_peak_rss_kib: Some(self.peak_rss_kib()),
+        };
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        sample
+    }
+}
+
+impl Drop for Regproxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn wait_for_port(port: u16) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "nothing listens on {port}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// mitmproxy with a small addon doing what skip mode does, streaming
+/// bodies (its default buffers them whole), for comparison.
+fn skopeo_through_mitmproxy(image: &OciImage) -> Sample {
+    const ADDON: &str = r#"
+import re
+from mitmproxy import http
+
+BLOB = re.compile(r"^/v2/.+/blobs/[a-z0-9]+:[0-9a-f]+$")
+
+def requestheaders(flow):
+    flow.request.stream = True
+    # registry.test resolves nowhere: connect to localhost, keep the Host.
+    host_header = flow.request.host_header
+    flow.request.host = "localhost"
+    flow.request.host_header = host_header
+
+def responseheaders(flow):
+    flow.response.stream = True
+
+def request(flow):
+    path = flow.request.path.split("?")[0]
+    if flow.request.method == "HEAD" and BLOB.match(path):
+        flow.response = http.Response.make(404, b"", {"Content-Length": "0"})
+    elif flow.request.method == "POST" and path.endswith("/blobs/uploads/"):
+        for key in ("mount", "from", "origin"):
+            flow.request.query.pop(key, None)
+"#;
+    let registry = Registry::start_tls();
+    skopeo_push(image, &registry, "localhost", None, &registry.client_cert_dir()).status().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let addon = dir.path().join("skip.py");
+    std::fs::write(&addon, ADDON).unwrap();
+    let port = free_port();
+    let child = Command::new("mitmdump")
+        .args(["--quiet", "--listen-host", "127.0.0.1", "--listen-port", &port.to_string()])
+        .arg("--set")
+        .arg(format!("confdir={}", dir.path().display()))
+        .arg("--set")
+        .arg(format!("ssl_verify_upstream_trusted_ca={}", registry.ca_file.as_ref().unwrap().display()))
+        .args(["--set", "connection_strategy=lazy"])
+        .arg("-s")
+        .arg(&addon)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for_port(port);
+    let cert_dir = dir.path().join("client");
+    std::fs::create_dir_all(&cert_dir).unwrap();
+    std::fs::copy(dir.path().join("mitmproxy-ca-cert.pem"), cert_dir.join("ca.crt")).unwrap();
+    let proxy = Regproxy { child, port, dir };
+    let cpu_before = proxy.cpu();
+    let wall = time(&mut skopeo_push(image, &registry, "registry.test", Some(port), &cert_dir));
+    proxy.sample(wall, cpu_before)
+}
+
+/// containerd's pusher, when containerd is installed: one daemon for
+/// every ctr row, the image imported once.
+struct Ctr {
+    containerd: Child,
+    dir: tempfile::TempDir,
+    imported: std::cell::Cell<bool>,
+}
+
+impl Ctr {
+    fn start() -> Option<Ctr> {
+        if support::which("containerd").is_none() || support::which("ctr").is_none() {
+            return None;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("config.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "version = 2\nroot = \"{0}/root\"\nstate = \"{0}/state\"\n\
+                 disabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n\
+                 [grpc]\n  address = \"{0}/containerd.sock\"\n",
+                dir.path().display()
+            ),
+        )
+        .unwrap();
+        let containerd = Command::new("containerd")
+            .arg("--config")
+            .arg(&config)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let ctr = Ctr { containerd, dir, imported: std::cell::Cell::new(false) };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !ctr.ctr().arg("version").output().unwrap().status.success() {
+            assert!(Instant::now() < deadline, "containerd did not start");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Some(ctr)
+    }
+
+    fn ctr(&self) -> Command {
+        let mut command = Command::new("ctr");
+        command.env_remove("HTTPS_PROXY").env_remove("https_proxy");
+        command.arg("--address").arg(self.dir.path().join("containerd.sock"));
+        command
+    }
+
+    fn import(&self, image: &OciImage) {
+        if self.imported.replace(true) {
+            return;
+        }
+        let archive = self.dir.path().join("image.tar");
+        let mut tar = tar::Builder::new(std::fs::File::create(&archive).unwrap());
+        tar.append_dir_all(".", image.layout()).unwrap();
+        tar.finish().unwrap();
+        let output = self
+            .ctr()
+            .args(["images", "import", "--no-unpack", "--base-name", "bench.local/app"])
+            .arg(&archive)
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "{output:?}");
+    }
+
+    /// A hosts directory trusting `ca` for `host`. containerd speaks
+    /// plain HTTP to `localhost` unless told otherwise, hence the explicit
+    /// https server.
+    fn hosts_dir(&self, host: &str, ca: &Path) -> PathBuf {
+        let hosts = self.dir.path().join(format!("hosts-{host}"));
+        let dir = hosts.join(host);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::copy(ca, dir.join("ca.crt")).unwrap();
+        let toml = format!(
+            "server = \"https://{host}\"\n[host.\"https://{host}\"]\n  ca = \"{}\"\n",
+            dir.join("ca.crt").display()
+        );
+        std::fs::write(dir.join("hosts.toml"), toml).unwrap();
+        hosts
+    }
+
+    fn push(&self, host: &str, hosts_dir: &Path, proxy_port: Option<u16>) -> Command {
+        let mut command = self.ctr();
+        if let Some(port) = proxy_port {
+            command.env("HTTPS_PROXY", format!("http://127.0.0.1:{port}"));
+        }
+        command
+            .args(["images", "push", "--hosts-dir"])
+            .arg(hosts_dir)
+            .args([&format!("{host}/team/app:1"), "bench.local/app:1"])
+            .stdout(Stdio::null());
+        command
+    }
+
+    fn push_direct(&self, image: &OciImage) -> Sample {
+        self.import(image);
+        let registry = Registry::start_tls();
+        let host = format!("localhost:{}", registry.port);
+        let hosts = self.hosts_dir(&host, registry.ca_file.as_ref().unwrap());
+        let wall = time(&mut self.push(&host, &hosts, None));
+        Sample { wall, proxy_cpu: None, proxy_peak_rss_kib: None }
+    }
+
+    fn push_through_regproxy(&self, image: &OciImage) -> Sample {
+        self.import(image);
+        let registry = Registry::start_tls();
+        let direct = format!("localhost:{}", registry.port);
+        let hosts = self.hosts_dir(&direct, registry.ca_file.as_ref().unwrap());
+        time(&mut self.push(&direct, &hosts, None));
+        let proxy = Regproxy::start(&registry);
+        let host = format!("registry.test:{}", registry.port);
+        let hosts = self.hosts_dir(&host, &proxy.ca_dir().join("ca.crt"));
+        let cpu_before = proxy.cpu();
+        let wall = time(&mut self.push(&host, &hosts, Some(proxy.port)));
+        proxy.sample(wall, cpu_before)
+    }
+}
+
+impl Drop for Ctr {
+    fn drop(&mut self) {
+        let _ = self.containerd.kill();
+        let _ = self.containerd.wait();
+    }
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(|a, b| a.total_cmp(b));
+    let middle = values.len() / 2;
+    if values.len() % 2 == 0 {
+        (values[middle - 1] + values[middle]) / 2.0
+    } else {
+        values[middle]
+    }
+}
+
+fn print_table(rows: &[Row], gib: f64) {
+    let wall = |row: &Row| median(row.samples.iter().map(|s| s.wall.as_secs_f64()).collect());
+    let baseline = |prefix: &str| rows.iter().find(|r| r.name.starts_with(prefix) && r.name.contains("direct")).map(wall);
+    println!();
+    println!(
+        "| scenario | wall time (median) | vs direct | proxy CPU per push | CPU s per GiB | proxy peak RSS |"
+    );
+    println!("|---|---|---|---|---|---|");
+    for row in rows {
+        let median_wall = wall(row);
+        let client = row.name.split(' ').next().unwrap_or("");
+        let ratio = match baseline(client) {
+            Some(direct) if !row.name.contains("direct") => format!("{:.2}×", median_wall / direct),
+            _ => "—".to_owned(),
+        };
+        let cpu: Vec<f64> = row.samples.iter().filter_map(|s| s.proxy_cpu).map(|c| c.as_secs_f64()).collect();
+        let rss: Vec<f64> = row.samples.iter().filter_map(|s| s.proxy_peak_rss_kib).map(|k| k as f64 / 1024.0).collect();
+        let (cpu_text, per_gib, rss_text) = if cpu.is_empty() {
+            ("—".to_owned(), "—".to_owned(), "—".to_owned())
+        } else {
+            let cpu = median(cpu);
+            (format!("{cpu:.2} s"), format!("{:.2} s", cpu / gib), format!("{:.0} MiB", median(rss)))
+        };
+        println!("| {} | {median_wall:.2} s | {ratio} | {cpu_text} | {per_gib} | {rss_text} |", row.name);
+    }
+}
