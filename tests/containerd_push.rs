@@ -7,12 +7,7 @@ use crate::support::registry::{Registry, REGISTRY_BINARY};
 use crate::support::{have, ProxyOptions, RunningProxy};
 
 fn proxy_for(registry: &Registry, skip_existing_layers: bool) -> RunningProxy {
-    RunningProxy::start(ProxyOptions {
-        skip_existing_layers,
-        upstream_ca: registry.ca_file.clone(),
-        resolve_ports: vec![registry.port],
-        ..ProxyOptions::default()
-    })
+    RunningProxy::for_registry(registry, skip_existing_layers)
 }
 
 #[test]

@@ -4,24 +4,15 @@ use std::process::Command;
 
 use crate::support::image::{sha256_file, OciImage};
 use crate::support::registry::{Registry, REGISTRY_BINARY};
-use crate::support::{have, run, ProxyOptions, RunningProxy};
+use crate::support::daemon::REGPROXY;
+use crate::support::{have, run, without_proxy_settings, ProxyOptions, RunningProxy};
 
-const REGPROXY: &str = env!("CARGO_BIN_EXE_regproxy");
 
 /// `regproxy exec` with its CA in a temporary directory and the test
 /// registry's name and CA known to it.
 fn exec(registry: &Registry, ca_dir: &std::path::Path) -> Command {
     let mut command = Command::new(REGPROXY);
-    for var in [
-        "HTTPS_PROXY",
-        "HTTP_PROXY",
-        "https_proxy",
-        "http_proxy",
-        "NO_PROXY",
-        "no_proxy",
-    ] {
-        command.env_remove(var);
-    }
+    without_proxy_settings(&mut command);
     command
         .args(["exec", "--skip-existing-layers", "--ca-dir"])
         .arg(ca_dir)

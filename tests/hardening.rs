@@ -4,15 +4,15 @@
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::process::{Child, Command};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use crate::support::image::sha256;
-use crate::support::registry::{free_port, Registry, REGISTRY_BINARY};
+use crate::support::daemon::{Daemon, REGPROXY};
+use crate::support::registry::{Registry, REGISTRY_BINARY};
 use crate::support::relay::CuttingRelay;
 use crate::support::{curl, curl_exchange, have, run, ProxyOptions, RunningProxy};
 
-const REGPROXY: &str = env!("CARGO_BIN_EXE_regproxy");
 
 /// Sends raw bytes to the proxy and returns what came back before the
 /// connection closed or went quiet.
@@ -78,7 +78,7 @@ fn bad_input_gets_a_clear_answer_and_the_daemon_carries_on() {
     let target = format!("registry.test:{}", registry.port);
     let huge_header = format!(
         "GET http://{target}/v2/ HTTP/1.1\r\nHost: {target}\r\nX-Big: {}\r\n\r\n",
-        "a".repeat(100_000)
+        "a".repeat(300_000)
     );
     let connect =
         |host: &str| format!("CONNECT {host} HTTP/1.1\r\nHost: {host}\r\n\r\n").into_bytes();
@@ -234,67 +234,6 @@ fn upload(proxy: &RunningProxy, registry: &Registry, blob: &[u8]) -> String {
     digest
 }
 
-/// The regproxy binary as a daemon, pass-through, on a free port.
-pub struct Daemon {
-    child: Child,
-    port: u16,
-    dir: tempfile::TempDir,
-}
-
-impl Daemon {
-    fn start(registry_port: u16, extra: &[&str]) -> Daemon {
-        let dir = tempfile::tempdir().unwrap();
-        let port = free_port();
-        let log = std::fs::File::create(dir.path().join("daemon.log")).unwrap();
-        let child = Command::new(REGPROXY)
-            .args(["run", "--listen", &format!("127.0.0.1:{port}"), "--ca-dir"])
-            .arg(dir.path().join("ca"))
-            .arg("--resolve")
-            .arg(format!("registry.test:{registry_port}:127.0.0.1"))
-            .args(extra)
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "daemon did not start");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Daemon { child, port, dir }
-    }
-
-    fn open_fds(&self) -> usize {
-        std::fs::read_dir(format!("/proc/{}/fd", self.child.id()))
-            .unwrap()
-            .count()
-    }
-
-    fn peak_rss_kib(&self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
-        let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
-        line.split_whitespace().nth(1).unwrap().parse().unwrap()
-    }
-
-    fn addr(&self) -> std::net::SocketAddr {
-        ([127, 0, 0, 1], self.port).into()
-    }
-
-    fn ca_dir(&self) -> std::path::PathBuf {
-        self.dir.path().join("ca")
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("daemon.log")).unwrap_or_default()
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// Opens an upload session with an absolute-form POST; returns its path.
 fn open_session(proxy: std::net::SocketAddr, target: &str) -> String {
     let answer = raw_exchange(
@@ -321,7 +260,7 @@ fn aborted_uploads_release_everything() {
         return;
     }
     let registry = Registry::start_plain();
-    let daemon = Daemon::start(registry.port, &[]);
+    let daemon = Daemon::start(&registry, &[]);
     let target = format!("registry.test:{}", registry.port);
     let chunk = vec![0x5a_u8; 64 << 10];
 
@@ -391,7 +330,7 @@ fn proxy_credentials_are_required_when_configured() {
         return;
     }
     let registry = Registry::start_plain();
-    let daemon = Daemon::start(registry.port, &["--proxy-auth", "ci:hunter2"]);
+    let daemon = Daemon::start(&registry, &["--proxy-auth", "ci:hunter2"]);
     let target = format!("registry.test:{}", registry.port);
     let request = |auth: &str| {
         raw_exchange(daemon.addr(), format!("GET http://{target}/v2/ HTTP/1.1\r\nHost: {target}\r\n{auth}Connection: close\r\n\r\n").as_bytes())
@@ -433,7 +372,7 @@ fn five_hundred_tunnels_of_keep_alive_heads_without_an_error() {
         ..ProxyOptions::default()
     });
     let digest = upload(&seed, &registry, b"a layer to check for");
-    let daemon = Daemon::start(registry.port, &["--upstream-ca", ca.to_str().unwrap()]);
+    let daemon = Daemon::start(&registry, &[]);
     let path = format!("/v2/team/app/blobs/{digest}");
     let outcome = crate::support::load::keep_alive_heads(
         daemon.addr(),
@@ -443,7 +382,7 @@ fn five_hundred_tunnels_of_keep_alive_heads_without_an_error() {
         500,
         Duration::from_secs(5),
     );
-    let rss = daemon.peak_rss_kib() / 1024;
+    let rss = daemon.memory_kib("VmHWM:") / 1024;
     eprintln!(
         "load: {} tunnels, {} HEADs in 5 s, {} errors; regproxy peak RSS {rss} MiB",
         outcome.tunnels,
@@ -467,16 +406,9 @@ fn sigterm_during_a_large_upload_lets_the_push_finish() {
     let registry = Registry::start_tls();
     let ca = registry.ca_file.clone().unwrap();
     let image = crate::support::image::OciImage::generate(61, &[4 << 10, 256 << 20]);
-    let daemon = Daemon::start(
-        registry.port,
-        &[
-            "--skip-existing-layers",
-            "--upstream-ca",
-            ca.to_str().unwrap(),
-        ],
-    );
+    let daemon = Daemon::start(&registry, &["--skip-existing-layers"]);
     let mut push = Command::new("skopeo")
-        .env("HTTPS_PROXY", format!("http://{}", daemon.addr()))
+        .env("HTTPS_PROXY", daemon.url())
         .args(["copy", "--quiet", "--dest-cert-dir"])
         .arg(daemon.ca_dir())
         .arg(image.reference())

@@ -16,7 +16,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::Watcher;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, BufReader};
 use tokio_rustls::LazyConfigAcceptor;
 
 use super::body::{self, ProxyBody};
@@ -192,10 +192,11 @@ struct Tunnel {
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 impl Tunnel {
-    async fn intercept<S>(self, mut stream: S) -> Result<(), BoxError>
+    async fn intercept<S>(self, stream: S) -> Result<(), BoxError>
     where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
+        let mut stream = BufReader::with_capacity(crate::tls::TLS_READ_BUFFER, stream);
         let mut first = vec![0u8; 4096];
         let read = tokio::time::timeout(FIRST_BYTES_TIMEOUT, stream.read(&mut first)).await;
         let n = read.map_err(|_| "client sent nothing")??;

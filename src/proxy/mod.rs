@@ -34,9 +34,10 @@ pub use listener::{serve, Drain};
 /// such limit: a large layer on a slow link takes as long as it takes.
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Request heads larger than this get 431. Registry requests carry small
-/// heads; a bearer token of a few KiB fits many times over.
-pub const MAX_HEAD_BYTES: usize = 64 << 10;
+/// hyper's read buffer: large reads of a body mean fewer calls per layer.
+/// It also bounds a request head: one larger gets 431. Registry requests
+/// carry heads of a few KiB.
+pub const MAX_HEAD_BYTES: usize = 256 << 10;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SetupError {

@@ -18,7 +18,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use rustls::pki_types::ServerName;
 use rustls::ClientConfig;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, BufReader, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
@@ -181,6 +181,7 @@ impl Connector {
             ServerName::try_from(host.clone()).map_err(|_| UpstreamError::ServerName {
                 authority: authority.clone(),
             })?;
+        let tcp = BufReader::with_capacity(crate::tls::TLS_READ_BUFFER, tcp);
         let tls = tokio::time::timeout(CONNECT_TIMEOUT, self.tls.connect(server_name, tcp))
             .await
             .map_err(|_| timeout())?
@@ -234,7 +235,7 @@ impl Connector {
 /// A connection to a registry, with or without TLS.
 pub enum UpstreamStream {
     Plain(TcpStream),
-    Tls(Box<TlsStream<TcpStream>>),
+    Tls(Box<TlsStream<BufReader<TcpStream>>>),
 }
 
 impl Connection for UpstreamStream {

@@ -19,13 +19,13 @@
 mod support;
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use support::containerd::Containerd;
+use support::daemon::{self, Daemon};
 use support::image::OciImage;
 use support::registry::{free_port, Registry, REGISTRY_BINARY};
-
-const REGPROXY: &str = env!("CARGO_BIN_EXE_regproxy");
 
 fn main() {
     let quick = std::env::var_os("REGPROXY_BENCH_QUICK").is_some();
@@ -91,14 +91,16 @@ fn skopeo_direct(image: &OciImage) -> Sample {
     Sample { wall, proxy_cpu: None, proxy_peak_rss_kib: None }
 }
 
+/// A fresh regproxy in skip mode for each timed push, so that its peak
+/// memory belongs to that push alone.
 fn skopeo_through_regproxy(image: &OciImage) -> Sample {
     let registry = Registry::start_tls();
     skopeo_push(image, &registry, "localhost", None, &registry.client_cert_dir()).status().unwrap();
-    let proxy = Regproxy::start(&registry);
+    let proxy = Daemon::start(&registry, &["--skip-existing-layers"]);
     let cpu_before = proxy.cpu();
     let mut push = skopeo_push(image, &registry, "registry.test", Some(proxy.port), &proxy.ca_dir());
     let wall = time(&mut push);
-    proxy.sample(wall, cpu_before)
+    measured(proxy.child.id(), wall, cpu_before)
 }
 
 fn skopeo_push(
@@ -133,71 +135,12 @@ fn time(command: &mut Command) -> Duration {
     wall
 }
 
-/// The release regproxy binary in skip mode, one per timed push so that
-/// its peak memory belongs to that push alone.
-struct Regproxy {
-    child: Child,
-    port: u16,
-    dir: tempfile::TempDir,
-}
-
-impl Regproxy {
-    fn start(registry: &Registry) -> Regproxy {
-        let dir = tempfile::tempdir().unwrap();
-        let port = free_port();
-        let child = Command::new(REGPROXY)
-            .args(["run", "--skip-existing-layers", "--listen", &format!("127.0.0.1:{port}")])
-            .arg("--ca-dir")
-            .arg(dir.path().join("ca"))
-            .arg("--upstream-ca")
-            .arg(registry.ca_file.as_ref().unwrap())
-            .arg("--resolve")
-            .arg(format!("registry.test:{}:127.0.0.1", registry.port))
-            .env("RUST_LOG", "warn")
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        wait_for_port(port);
-        Regproxy { child, port, dir }
-    }
-
-    fn ca_dir(&self) -> PathBuf {
-        self.dir.path().join("ca")
-    }
-
-    /// User plus system CPU time so far, from /proc.
-    fn cpu(&self) -> Duration {
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap();
-        // Fields after the command name, which is in parentheses.
-        let fields: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..].split(' ').collect();
-        let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
-        // SAFETY: sysconf only reads a system constant.
-        let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as u64;
-        Duration::from_secs_f64(ticks as f64 / per_second as f64)
-    }
-
-    fn peak_rss_kib(&self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
-        let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
-        line.split_whitespace().nth(1).unwrap().parse().unwrap()
-    }
-
-    fn sample(mut self, wall: Duration, cpu_before: Duration) -> Sample {
-        let sample = Sample {
-            wall,
-            proxy_cpu: Some(self.cpu() - cpu_before),
-            proxy_peak_rss_kib: Some(self.peak_rss_kib()),
-        };
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        sample
-    }
-}
-
-impl Drop for Regproxy {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+/// What a proxy process spent on one push, once it is over.
+fn measured(pid: u32, wall: Duration, cpu_before: Duration) -> Sample {
+    Sample {
+        wall,
+        proxy_cpu: Some(daemon::cpu(pid) - cpu_before),
+        proxy_peak_rss_kib: Some(daemon::memory_kib(pid, "VmHWM:")),
     }
 }
 
@@ -259,18 +202,20 @@ def request(flow):
     let cert_dir = dir.path().join("client");
     std::fs::create_dir_all(&cert_dir).unwrap();
     std::fs::copy(dir.path().join("mitmproxy-ca-cert.pem"), cert_dir.join("ca.crt")).unwrap();
-    let proxy = Regproxy { child, port, dir };
-    let cpu_before = proxy.cpu();
+    let mut mitmdump = child;
+    let cpu_before = daemon::cpu(mitmdump.id());
     let wall = time(&mut skopeo_push(image, &registry, "registry.test", Some(port), &cert_dir));
-    proxy.sample(wall, cpu_before)
+    let sample = measured(mitmdump.id(), wall, cpu_before);
+    let _ = mitmdump.kill();
+    let _ = mitmdump.wait();
+    sample
 }
 
 /// containerd's pusher, when containerd is installed: one daemon for
 /// every ctr row, the image imported once.
 struct Ctr {
-    containerd: Child,
-    dir: tempfile::TempDir,
-    imported: std::cell::Cell<bool>,
+    containerd: Containerd,
+    imported: std::cell::OnceCell<String>,
 }
 
 impl Ctr {
@@ -278,63 +223,18 @@ impl Ctr {
         if support::which("containerd").is_none() || support::which("ctr").is_none() {
             return None;
         }
-        let dir = tempfile::tempdir().unwrap();
-        let config = dir.path().join("config.toml");
-        std::fs::write(
-            &config,
-            format!(
-                "version = 2\nroot = \"{0}/root\"\nstate = \"{0}/state\"\n\
-                 disabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n\
-                 [grpc]\n  address = \"{0}/containerd.sock\"\n",
-                dir.path().display()
-            ),
-        )
-        .unwrap();
-        let containerd = Command::new("containerd")
-            .arg("--config")
-            .arg(&config)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let ctr = Ctr { containerd, dir, imported: std::cell::Cell::new(false) };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while !ctr.ctr().arg("version").output().unwrap().status.success() {
-            assert!(Instant::now() < deadline, "containerd did not start");
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        Some(ctr)
+        Some(Ctr { containerd: Containerd::start(), imported: std::cell::OnceCell::new() })
     }
 
-    fn ctr(&self) -> Command {
-        let mut command = Command::new("ctr");
-        command.env_remove("HTTPS_PROXY").env_remove("https_proxy");
-        command.arg("--address").arg(self.dir.path().join("containerd.sock"));
-        command
-    }
-
-    fn import(&self, image: &OciImage) {
-        if self.imported.replace(true) {
-            return;
-        }
-        let archive = self.dir.path().join("image.tar");
-        let mut tar = tar::Builder::new(std::fs::File::create(&archive).unwrap());
-        tar.append_dir_all(".", image.layout()).unwrap();
-        tar.finish().unwrap();
-        let output = self
-            .ctr()
-            .args(["images", "import", "--no-unpack", "--base-name", "bench.local/app"])
-            .arg(&archive)
-            .output()
-            .unwrap();
-        assert!(output.status.success(), "{output:?}");
+    fn local_reference(&self, image: &OciImage) -> &str {
+        self.imported.get_or_init(|| self.containerd.import_as(image, "bench.local/app"))
     }
 
     /// A hosts directory trusting `ca` for `host`. containerd speaks
     /// plain HTTP to `localhost` unless told otherwise, hence the explicit
     /// https server.
     fn hosts_dir(&self, host: &str, ca: &Path) -> PathBuf {
-        let hosts = self.dir.path().join(format!("hosts-{host}"));
+        let hosts = self.containerd.dir().join(format!("hosts-{host}"));
         let dir = hosts.join(host);
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::copy(ca, dir.join("ca.crt")).unwrap();
@@ -346,47 +246,39 @@ impl Ctr {
         hosts
     }
 
-    fn push(&self, host: &str, hosts_dir: &Path, proxy_port: Option<u16>) -> Command {
-        let mut command = self.ctr();
-        if let Some(port) = proxy_port {
-            command.env("HTTPS_PROXY", format!("http://127.0.0.1:{port}"));
+    fn push(&self, image: &OciImage, host: &str, hosts_dir: &Path, proxy: Option<&Daemon>) -> Command {
+        let mut command = self.containerd.ctr();
+        if let Some(proxy) = proxy {
+            command.env("HTTPS_PROXY", proxy.url());
         }
         command
             .args(["images", "push", "--hosts-dir"])
             .arg(hosts_dir)
-            .args([&format!("{host}/team/app:1"), "bench.local/app:1"])
+            .arg(format!("{host}/team/app:1"))
+            .arg(self.local_reference(image))
             .stdout(Stdio::null());
         command
     }
 
     fn push_direct(&self, image: &OciImage) -> Sample {
-        self.import(image);
         let registry = Registry::start_tls();
         let host = format!("localhost:{}", registry.port);
         let hosts = self.hosts_dir(&host, registry.ca_file.as_ref().unwrap());
-        let wall = time(&mut self.push(&host, &hosts, None));
+        let wall = time(&mut self.push(image, &host, &hosts, None));
         Sample { wall, proxy_cpu: None, proxy_peak_rss_kib: None }
     }
 
     fn push_through_regproxy(&self, image: &OciImage) -> Sample {
-        self.import(image);
         let registry = Registry::start_tls();
         let direct = format!("localhost:{}", registry.port);
         let hosts = self.hosts_dir(&direct, registry.ca_file.as_ref().unwrap());
-        time(&mut self.push(&direct, &hosts, None));
-        let proxy = Regproxy::start(&registry);
+        time(&mut self.push(image, &direct, &hosts, None));
+        let proxy = Daemon::start(&registry, &["--skip-existing-layers"]);
         let host = format!("registry.test:{}", registry.port);
         let hosts = self.hosts_dir(&host, &proxy.ca_dir().join("ca.crt"));
         let cpu_before = proxy.cpu();
-        let wall = time(&mut self.push(&host, &hosts, Some(proxy.port)));
-        proxy.sample(wall, cpu_before)
-    }
-}
-
-impl Drop for Ctr {
-    fn drop(&mut self) {
-        let _ = self.containerd.kill();
-        let _ = self.containerd.wait();
+        let wall = time(&mut self.push(image, &host, &hosts, Some(&proxy)));
+        measured(proxy.child.id(), wall, cpu_before)
     }
 }
 

@@ -70,33 +70,33 @@ impl Containerd {
     /// `ctr` talking to this containerd, with no proxy settings of its own.
     pub fn ctr(&self) -> Command {
         let mut command = Command::new("ctr");
-        for var in [
-            "HTTPS_PROXY",
-            "HTTP_PROXY",
-            "https_proxy",
-            "http_proxy",
-            "NO_PROXY",
-            "no_proxy",
-        ] {
-            command.env_remove(var);
-        }
+        super::without_proxy_settings(&mut command);
         command.arg("--address").arg(self.socket());
         command
     }
 
     /// Imports `image` as `<registry>/<repository>:1`, without unpacking.
     pub fn import(&self, image: &OciImage, registry: &Registry, repository: &str) -> String {
+        self.import_as(image, &format!("{}/{repository}", registry.host()))
+    }
+
+    /// Imports `image` as `<base>:1`, without unpacking.
+    pub fn import_as(&self, image: &OciImage, base: &str) -> String {
         let archive = self.dir.path().join("image.tar");
         let mut tar = tar::Builder::new(std::fs::File::create(&archive).unwrap());
         tar.append_dir_all(".", image.layout()).unwrap();
         tar.finish().unwrap();
-        let base = format!("{}/{repository}", registry.host());
         run_ok(
             self.ctr()
-                .args(["images", "import", "--no-unpack", "--base-name", &base])
+                .args(["images", "import", "--no-unpack", "--base-name", base])
                 .arg(&archive),
         );
         format!("{base}:1")
+    }
+
+    /// A scratch directory that lives as long as this containerd.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
     }
 
     /// `ctr images push` through `proxy`, trusting regproxy's CA for the

@@ -3,6 +3,7 @@
 //! on a free port and stops when dropped.
 
 pub mod containerd;
+pub mod daemon;
 pub mod image;
 pub mod load;
 pub mod registry;
@@ -146,6 +147,16 @@ impl RunningProxy {
     pub fn stats(&self) -> StatsSnapshot {
         self.proxy.stats()
     }
+
+    /// A proxy for `registry`: its name resolved, its test CA trusted.
+    pub fn for_registry(registry: &registry::Registry, skip_existing_layers: bool) -> RunningProxy {
+        RunningProxy::start(ProxyOptions {
+            skip_existing_layers,
+            upstream_ca: registry.ca_file.clone(),
+            resolve_ports: vec![registry.port],
+            ..ProxyOptions::default()
+        })
+    }
 }
 
 impl Drop for RunningProxy {
@@ -184,19 +195,19 @@ pub fn run_ok(command: &mut Command) -> Output {
 /// process's own proxy settings).
 pub fn skopeo(proxy: &RunningProxy) -> Command {
     let mut command = Command::new("skopeo");
-    for var in [
-        "HTTPS_PROXY",
-        "HTTP_PROXY",
-        "https_proxy",
-        "http_proxy",
-        "NO_PROXY",
-        "no_proxy",
-    ] {
-        command.env_remove(var);
-    }
+    without_proxy_settings(&mut command);
     command
         .env("HTTPS_PROXY", proxy.url())
         .env("HTTP_PROXY", proxy.url());
+    command
+}
+
+/// Clears the proxy variables a client would inherit from the test run,
+/// so that only the ones a test sets apply.
+pub fn without_proxy_settings(command: &mut Command) -> &mut Command {
+    for var in ["HTTPS_PROXY", "HTTP_PROXY", "https_proxy", "http_proxy", "NO_PROXY", "no_proxy"] {
+        command.env_remove(var);
+    }
     command
 }
 
