@@ -5,7 +5,7 @@ use std::process::Command;
 
 use crate::support::image::sha256;
 use crate::support::registry::{Registry, REGISTRY_BINARY};
-use crate::support::{curl, curl_exchange, have, CurlResponse, ProxyOptions, RunningProxy};
+use crate::support::{curl, curl_exchange, have, CurlResponse, RunningProxy};
 
 fn proxy_for(registry: &Registry, skip_existing_layers: bool) -> RunningProxy {
     RunningProxy::for_registry(registry, skip_existing_layers)

@@ -4,7 +4,7 @@
 use crate::support::containerd::Containerd;
 use crate::support::image::{sha256_file, OciImage};
 use crate::support::registry::{Registry, REGISTRY_BINARY};
-use crate::support::{have, ProxyOptions, RunningProxy};
+use crate::support::{have, RunningProxy};
 
 fn proxy_for(registry: &Registry, skip_existing_layers: bool) -> RunningProxy {
     RunningProxy::for_registry(registry, skip_existing_layers)

@@ -2,11 +2,10 @@
 
 use std::process::Command;
 
+use crate::support::daemon::REGPROXY;
 use crate::support::image::{sha256_file, OciImage};
 use crate::support::registry::{Registry, REGISTRY_BINARY};
-use crate::support::daemon::REGPROXY;
 use crate::support::{have, run, without_proxy_settings, ProxyOptions, RunningProxy};
-
 
 /// `regproxy exec` with its CA in a temporary directory and the test
 /// registry's name and CA known to it.

@@ -7,12 +7,11 @@ use std::net::TcpStream;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use crate::support::image::sha256;
 use crate::support::daemon::{Daemon, REGPROXY};
+use crate::support::image::sha256;
 use crate::support::registry::{Registry, REGISTRY_BINARY};
 use crate::support::relay::CuttingRelay;
 use crate::support::{curl, curl_exchange, have, run, ProxyOptions, RunningProxy};
-
 
 /// Sends raw bytes to the proxy and returns what came back before the
 /// connection closed or went quiet.

@@ -4,7 +4,7 @@ use std::fs;
 
 use crate::support::image::{sha256_file, OciImage};
 use crate::support::registry::{Registry, REGISTRY_BINARY};
-use crate::support::{curl, curl_status, have, skopeo, ProxyOptions, RunningProxy};
+use crate::support::{curl, curl_status, have, skopeo, RunningProxy};
 
 fn proxy_for(registry: &Registry, skip_existing_layers: bool) -> RunningProxy {
     RunningProxy::for_registry(registry, skip_existing_layers)

@@ -2,6 +2,8 @@
 //! need the real registry and clients skip with a message when they are
 //! missing, and fail instead under `REGPROXY_E2E=require`.
 
+// Shared with the benchmarks, which use parts the tests do not.
+#[allow(dead_code)]
 mod support;
 
 mod blob_protocol;

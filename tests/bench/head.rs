@@ -32,7 +32,6 @@ use support::registry::{Registry, REGISTRY_BINARY};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-
 type Sender = SendRequest<Full<Bytes>>;
 
 fn main() {
@@ -76,7 +75,11 @@ async fn run(registry: &Registry, requests: usize, held: usize) {
         ("through regproxy, intercepted", &through_times),
         ("answered by skip mode (fake 404)", &faked_times),
     ] {
-        println!("| {name} | {} | {} |", micros(percentile(times, 50)), micros(percentile(times, 99)));
+        println!(
+            "| {name} | {} | {} |",
+            micros(percentile(times, 50)),
+            micros(percentile(times, 99))
+        );
     }
     let added = percentile(&through_times, 50).saturating_sub(percentile(&direct_times, 50));
     println!("added by regproxy at p50: {}", micros(added));
@@ -113,7 +116,13 @@ fn percentile(times: &[Duration], p: usize) -> Duration {
     sorted[(sorted.len() * p / 100).min(sorted.len() - 1)]
 }
 
-async fn heads(sender: &mut Sender, path: &str, host: &str, count: usize, expect: u16) -> Vec<Duration> {
+async fn heads(
+    sender: &mut Sender,
+    path: &str,
+    host: &str,
+    count: usize,
+    expect: u16,
+) -> Vec<Duration> {
     // Warm up: pooled upstream connection, caches, branch predictors.
     for _ in 0..20 {
         request(sender, "HEAD", path, host, Bytes::new()).await;
@@ -129,7 +138,13 @@ async fn heads(sender: &mut Sender, path: &str, host: &str, count: usize, expect
 }
 
 /// Sends one request; returns its status and `Location` header.
-async fn request(sender: &mut Sender, method: &str, path: &str, host: &str, body: Bytes) -> (u16, Option<String>) {
+async fn request(
+    sender: &mut Sender,
+    method: &str,
+    path: &str,
+    host: &str,
+    body: Bytes,
+) -> (u16, Option<String>) {
     let request = http::Request::builder()
         .method(method)
         .uri(path)
@@ -152,7 +167,14 @@ async fn request(sender: &mut Sender, method: &str, path: &str, host: &str, body
 async fn upload(sender: &mut Sender, bytes: &'static [u8]) -> String {
     let digest = support::image::sha256(bytes);
     let host = "localhost";
-    let (status, location) = request(sender, "POST", "/v2/team/app/blobs/uploads/", host, Bytes::new()).await;
+    let (status, location) = request(
+        sender,
+        "POST",
+        "/v2/team/app/blobs/uploads/",
+        host,
+        Bytes::new(),
+    )
+    .await;
     assert_eq!(status, 202);
     let location = location.unwrap();
     let path = &location[location.find("/v2/").unwrap()..];
@@ -165,12 +187,16 @@ async fn upload(sender: &mut Sender, bytes: &'static [u8]) -> String {
 
 fn tls_connector(ca: &Path) -> tokio_rustls::TlsConnector {
     let mut roots = rustls::RootCertStore::empty();
-    roots.add(CertificateDer::from_pem_file(ca).unwrap()).unwrap();
-    let config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+    roots
+        .add(CertificateDer::from_pem_file(ca).unwrap())
+        .unwrap();
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
     tokio_rustls::TlsConnector::from(Arc::new(config))
 }
 
@@ -194,7 +220,11 @@ async fn open_connect(proxy: SocketAddr, target: &str) -> TcpStream {
     while !head.ends_with(b"\r\n\r\n") {
         head.push(tcp.read_u8().await.unwrap());
     }
-    assert!(head.starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&head));
+    assert!(
+        head.starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&head)
+    );
     tcp
 }
 
@@ -209,7 +239,9 @@ async fn tunnel(proxy: SocketAddr, ca: &Path, target: &str) -> Sender {
 }
 
 async fn handshake<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(stream: S) -> Sender {
-    let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.unwrap();
+    let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
     tokio::spawn(connection);
     sender
 }
@@ -225,9 +257,16 @@ async fn handshakes(daemon: &Daemon, count: usize) -> (Duration, Duration) {
             let host = format!("new-host-{i}.test");
             let tcp = open_connect(daemon.addr(), &format!("{host}:443")).await;
             let started = Instant::now();
-            let _tls = connector.connect(ServerName::try_from(host).unwrap(), tcp).await.unwrap();
+            let _tls = connector
+                .connect(ServerName::try_from(host).unwrap(), tcp)
+                .await
+                .unwrap();
             let took = started.elapsed();
-            if round == 0 { first.push(took) } else { again.push(took) }
+            if round == 0 {
+                first.push(took)
+            } else {
+                again.push(took)
+            }
         }
     }
     (percentile(&first, 50), percentile(&again, 50))

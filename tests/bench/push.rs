@@ -47,17 +47,29 @@ fn main() {
     let mut rows: Vec<Row> = Vec::new();
     let mut add = |name: &str, sample: Sample| match rows.iter_mut().find(|r| r.name == name) {
         Some(row) => row.samples.push(sample),
-        None => rows.push(Row { name: name.to_owned(), samples: vec![sample] }),
+        None => rows.push(Row {
+            name: name.to_owned(),
+            samples: vec![sample],
+        }),
     };
     for _ in 0..runs {
         add("skopeo direct push, all layers new", skopeo_direct(&image));
-        add("skopeo through regproxy, forced re-push", skopeo_through_regproxy(&image));
+        add(
+            "skopeo through regproxy, forced re-push",
+            skopeo_through_regproxy(&image),
+        );
         if mitm {
-            add("skopeo through mitmproxy + addon, forced", skopeo_through_mitmproxy(&image));
+            add(
+                "skopeo through mitmproxy + addon, forced",
+                skopeo_through_mitmproxy(&image),
+            );
         }
         if let Some(ctr) = &ctr {
             add("ctr direct push, all layers new", ctr.push_direct(&image));
-            add("ctr through regproxy, forced re-push", ctr.push_through_regproxy(&image));
+            add(
+                "ctr through regproxy, forced re-push",
+                ctr.push_through_regproxy(&image),
+            );
         }
     }
     if !mitm {
@@ -70,7 +82,10 @@ fn main() {
 }
 
 fn env_number(name: &str, default: usize) -> usize {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 /// One timed push, and what the proxy (if any) spent on it.
@@ -87,18 +102,42 @@ struct Row {
 
 fn skopeo_direct(image: &OciImage) -> Sample {
     let registry = Registry::start_tls();
-    let wall = time(&mut skopeo_push(image, &registry, "localhost", None, &registry.client_cert_dir()));
-    Sample { wall, proxy_cpu: None, proxy_peak_rss_kib: None }
+    let wall = time(&mut skopeo_push(
+        image,
+        &registry,
+        "localhost",
+        None,
+        &registry.client_cert_dir(),
+    ));
+    Sample {
+        wall,
+        proxy_cpu: None,
+        proxy_peak_rss_kib: None,
+    }
 }
 
 /// A fresh regproxy in skip mode for each timed push, so that its peak
 /// memory belongs to that push alone.
 fn skopeo_through_regproxy(image: &OciImage) -> Sample {
     let registry = Registry::start_tls();
-    skopeo_push(image, &registry, "localhost", None, &registry.client_cert_dir()).status().unwrap();
+    skopeo_push(
+        image,
+        &registry,
+        "localhost",
+        None,
+        &registry.client_cert_dir(),
+    )
+    .status()
+    .unwrap();
     let proxy = Daemon::start(&registry, &["--skip-existing-layers"]);
     let cpu_before = proxy.cpu();
-    let mut push = skopeo_push(image, &registry, "registry.test", Some(proxy.port), &proxy.ca_dir());
+    let mut push = skopeo_push(
+        image,
+        &registry,
+        "registry.test",
+        Some(proxy.port),
+        &proxy.ca_dir(),
+    );
     let wall = time(&mut push);
     measured(proxy.child.id(), wall, cpu_before)
 }
@@ -180,17 +219,34 @@ def request(flow):
             flow.request.query.pop(key, None)
 "#;
     let registry = Registry::start_tls();
-    skopeo_push(image, &registry, "localhost", None, &registry.client_cert_dir()).status().unwrap();
+    skopeo_push(
+        image,
+        &registry,
+        "localhost",
+        None,
+        &registry.client_cert_dir(),
+    )
+    .status()
+    .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let addon = dir.path().join("skip.py");
     std::fs::write(&addon, ADDON).unwrap();
     let port = free_port();
     let child = Command::new("mitmdump")
-        .args(["--quiet", "--listen-host", "127.0.0.1", "--listen-port", &port.to_string()])
+        .args([
+            "--quiet",
+            "--listen-host",
+            "127.0.0.1",
+            "--listen-port",
+            &port.to_string(),
+        ])
         .arg("--set")
         .arg(format!("confdir={}", dir.path().display()))
         .arg("--set")
-        .arg(format!("ssl_verify_upstream_trusted_ca={}", registry.ca_file.as_ref().unwrap().display()))
+        .arg(format!(
+            "ssl_verify_upstream_trusted_ca={}",
+            registry.ca_file.as_ref().unwrap().display()
+        ))
         .args(["--set", "connection_strategy=lazy"])
         .arg("-s")
         .arg(&addon)
@@ -201,10 +257,20 @@ def request(flow):
     wait_for_port(port);
     let cert_dir = dir.path().join("client");
     std::fs::create_dir_all(&cert_dir).unwrap();
-    std::fs::copy(dir.path().join("mitmproxy-ca-cert.pem"), cert_dir.join("ca.crt")).unwrap();
+    std::fs::copy(
+        dir.path().join("mitmproxy-ca-cert.pem"),
+        cert_dir.join("ca.crt"),
+    )
+    .unwrap();
     let mut mitmdump = child;
     let cpu_before = daemon::cpu(mitmdump.id());
-    let wall = time(&mut skopeo_push(image, &registry, "registry.test", Some(port), &cert_dir));
+    let wall = time(&mut skopeo_push(
+        image,
+        &registry,
+        "registry.test",
+        Some(port),
+        &cert_dir,
+    ));
     let sample = measured(mitmdump.id(), wall, cpu_before);
     let _ = mitmdump.kill();
     let _ = mitmdump.wait();
@@ -223,11 +289,15 @@ impl Ctr {
         if support::which("containerd").is_none() || support::which("ctr").is_none() {
             return None;
         }
-        Some(Ctr { containerd: Containerd::start(), imported: std::cell::OnceCell::new() })
+        Some(Ctr {
+            containerd: Containerd::start(),
+            imported: std::cell::OnceCell::new(),
+        })
     }
 
     fn local_reference(&self, image: &OciImage) -> &str {
-        self.imported.get_or_init(|| self.containerd.import_as(image, "bench.local/app"))
+        self.imported
+            .get_or_init(|| self.containerd.import_as(image, "bench.local/app"))
     }
 
     /// A hosts directory trusting `ca` for `host`. containerd speaks
@@ -246,7 +316,13 @@ impl Ctr {
         hosts
     }
 
-    fn push(&self, image: &OciImage, host: &str, hosts_dir: &Path, proxy: Option<&Daemon>) -> Command {
+    fn push(
+        &self,
+        image: &OciImage,
+        host: &str,
+        hosts_dir: &Path,
+        proxy: Option<&Daemon>,
+    ) -> Command {
         let mut command = self.containerd.ctr();
         if let Some(proxy) = proxy {
             command.env("HTTPS_PROXY", proxy.url());
@@ -265,7 +341,11 @@ impl Ctr {
         let host = format!("localhost:{}", registry.port);
         let hosts = self.hosts_dir(&host, registry.ca_file.as_ref().unwrap());
         let wall = time(&mut self.push(image, &host, &hosts, None));
-        Sample { wall, proxy_cpu: None, proxy_peak_rss_kib: None }
+        Sample {
+            wall,
+            proxy_cpu: None,
+            proxy_peak_rss_kib: None,
+        }
     }
 
     fn push_through_regproxy(&self, image: &OciImage) -> Sample {
@@ -294,7 +374,11 @@ fn median(mut values: Vec<f64>) -> f64 {
 
 fn print_table(rows: &[Row], gib: f64) {
     let wall = |row: &Row| median(row.samples.iter().map(|s| s.wall.as_secs_f64()).collect());
-    let baseline = |prefix: &str| rows.iter().find(|r| r.name.starts_with(prefix) && r.name.contains("direct")).map(wall);
+    let baseline = |prefix: &str| {
+        rows.iter()
+            .find(|r| r.name.starts_with(prefix) && r.name.contains("direct"))
+            .map(wall)
+    };
     println!();
     println!(
         "| scenario | wall time (median) | vs direct | proxy CPU per push | CPU s per GiB | proxy peak RSS |"
@@ -307,14 +391,31 @@ fn print_table(rows: &[Row], gib: f64) {
             Some(direct) if !row.name.contains("direct") => format!("{:.2}×", median_wall / direct),
             _ => "—".to_owned(),
         };
-        let cpu: Vec<f64> = row.samples.iter().filter_map(|s| s.proxy_cpu).map(|c| c.as_secs_f64()).collect();
-        let rss: Vec<f64> = row.samples.iter().filter_map(|s| s.proxy_peak_rss_kib).map(|k| k as f64 / 1024.0).collect();
+        let cpu: Vec<f64> = row
+            .samples
+            .iter()
+            .filter_map(|s| s.proxy_cpu)
+            .map(|c| c.as_secs_f64())
+            .collect();
+        let rss: Vec<f64> = row
+            .samples
+            .iter()
+            .filter_map(|s| s.proxy_peak_rss_kib)
+            .map(|k| k as f64 / 1024.0)
+            .collect();
         let (cpu_text, per_gib, rss_text) = if cpu.is_empty() {
             ("—".to_owned(), "—".to_owned(), "—".to_owned())
         } else {
             let cpu = median(cpu);
-            (format!("{cpu:.2} s"), format!("{:.2} s", cpu / gib), format!("{:.0} MiB", median(rss)))
+            (
+                format!("{cpu:.2} s"),
+                format!("{:.2} s", cpu / gib),
+                format!("{:.0} MiB", median(rss)),
+            )
         };
-        println!("| {} | {median_wall:.2} s | {ratio} | {cpu_text} | {per_gib} | {rss_text} |", row.name);
+        println!(
+            "| {} | {median_wall:.2} s | {ratio} | {cpu_text} | {per_gib} | {rss_text} |",
+            row.name
+        );
     }
 }

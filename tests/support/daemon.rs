@@ -44,7 +44,11 @@ impl Daemon {
     fn wait_until_listening(&self) {
         let deadline = Instant::now() + Duration::from_secs(20);
         while std::net::TcpStream::connect(self.addr()).is_err() {
-            assert!(Instant::now() < deadline, "regproxy not listening:\n{}", self.log());
+            assert!(
+                Instant::now() < deadline,
+                "regproxy not listening:\n{}",
+                self.log()
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -67,7 +71,9 @@ impl Daemon {
     }
 
     pub fn open_fds(&self) -> usize {
-        std::fs::read_dir(format!("/proc/{}/fd", self.child.id())).unwrap().count()
+        std::fs::read_dir(format!("/proc/{}/fd", self.child.id()))
+            .unwrap()
+            .count()
     }
 
     pub fn memory_kib(&self, field: &str) -> u64 {

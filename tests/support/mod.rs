@@ -205,7 +205,14 @@ pub fn skopeo(proxy: &RunningProxy) -> Command {
 /// Clears the proxy variables a client would inherit from the test run,
 /// so that only the ones a test sets apply.
 pub fn without_proxy_settings(command: &mut Command) -> &mut Command {
-    for var in ["HTTPS_PROXY", "HTTP_PROXY", "https_proxy", "http_proxy", "NO_PROXY", "no_proxy"] {
+    for var in [
+        "HTTPS_PROXY",
+        "HTTP_PROXY",
+        "https_proxy",
+        "http_proxy",
+        "NO_PROXY",
+        "no_proxy",
+    ] {
         command.env_remove(var);
     }
     command
