@@ -8,11 +8,10 @@ use std::time::{Duration, Instant};
 use regproxy::flow::report::Report;
 use regproxy::flow::{read_flow_log, FlowRecord};
 
+use crate::support::daemon::{Daemon, REGPROXY};
 use crate::support::image::OciImage;
-use crate::support::registry::{free_port, Registry, REGISTRY_BINARY};
+use crate::support::registry::{Registry, REGISTRY_BINARY};
 use crate::support::{curl, curl_exchange, have, run, run_ok, skopeo, ProxyOptions, RunningProxy};
-
-const REGPROXY: &str = env!("CARGO_BIN_EXE_regproxy");
 
 fn records(path: &Path) -> Vec<FlowRecord> {
     let (records, skipped) = read_flow_log(path).unwrap();
@@ -213,36 +212,18 @@ fn sigkill_mid_push_leaves_only_whole_lines() {
     let image = OciImage::generate(43, &[1 << 20; 12]);
     let dir = tempfile::tempdir().unwrap();
     let flow_log = dir.path().join("flow.jsonl");
-    let port = free_port();
-    let mut daemon = Command::new(REGPROXY)
-        .args([
-            "run",
+    let mut daemon = Daemon::start(
+        &registry,
+        &[
             "--skip-existing-layers",
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--ca-dir",
-        ])
-        .arg(dir.path().join("ca"))
-        .arg("--upstream-ca")
-        .arg(registry.ca_file.as_ref().unwrap())
-        .arg("--resolve")
-        .arg(format!("registry.test:{}:127.0.0.1", registry.port))
-        .arg("--flow-log")
-        .arg(&flow_log)
-        .env("RUST_LOG", "debug")
-        .stderr(std::fs::File::create(dir.path().join("daemon.log")).unwrap())
-        .spawn()
-        .unwrap();
-    let daemon_log = || std::fs::read_to_string(dir.path().join("daemon.log")).unwrap_or_default();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !daemon_log().contains("regproxy started") && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(10));
-    }
-
+            "--flow-log",
+            flow_log.to_str().unwrap(),
+        ],
+    );
     let mut push = Command::new("skopeo")
-        .env("HTTPS_PROXY", format!("http://127.0.0.1:{port}"))
+        .env("HTTPS_PROXY", daemon.url())
         .args(["copy", "--quiet", "--dest-cert-dir"])
-        .arg(dir.path().join("ca"))
+        .arg(daemon.ca_dir())
         .arg(image.reference())
         .arg(format!("docker://{}/team/app:1", registry.host()))
         .spawn()
@@ -251,8 +232,8 @@ fn sigkill_mid_push_leaves_only_whole_lines() {
     while line_count(&flow_log) < 8 && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(5));
     }
-    daemon.kill().unwrap();
-    daemon.wait().unwrap();
+    daemon.child.kill().unwrap();
+    daemon.child.wait().unwrap();
     let _ = push.wait();
 
     let text = std::fs::read_to_string(&flow_log).unwrap();
@@ -264,7 +245,7 @@ fn sigkill_mid_push_leaves_only_whole_lines() {
         complete.len() >= 8,
         "{} lines before the kill:\n{}",
         complete.len(),
-        daemon_log()
+        daemon.log()
     );
     for line in complete {
         serde_json::from_str::<FlowRecord>(line).unwrap_or_else(|e| panic!("{e}: {line}"));

@@ -116,19 +116,25 @@ fn skopeo_direct(image: &OciImage) -> Sample {
     }
 }
 
-/// A fresh regproxy in skip mode for each timed push, so that its peak
-/// memory belongs to that push alone.
-fn skopeo_through_regproxy(image: &OciImage) -> Sample {
+/// A fresh registry that already holds `image`, pushed directly: what a
+/// forced re-push is timed against.
+fn registry_holding(image: &OciImage) -> Registry {
     let registry = Registry::start_tls();
-    skopeo_push(
+    let cert_dir = registry.client_cert_dir();
+    time(&mut skopeo_push(
         image,
         &registry,
         "localhost",
         None,
-        &registry.client_cert_dir(),
-    )
-    .status()
-    .unwrap();
+        &cert_dir,
+    ));
+    registry
+}
+
+/// A fresh regproxy in skip mode for each timed push, so that its peak
+/// memory belongs to that push alone.
+fn skopeo_through_regproxy(image: &OciImage) -> Sample {
+    let registry = registry_holding(image);
     let proxy = Daemon::start(&registry, &["--skip-existing-layers"]);
     let cpu_before = proxy.cpu();
     let mut push = skopeo_push(
@@ -218,16 +224,7 @@ def request(flow):
         for key in ("mount", "from", "origin"):
             flow.request.query.pop(key, None)
 "#;
-    let registry = Registry::start_tls();
-    skopeo_push(
-        image,
-        &registry,
-        "localhost",
-        None,
-        &registry.client_cert_dir(),
-    )
-    .status()
-    .unwrap();
+    let registry = registry_holding(image);
     let dir = tempfile::tempdir().unwrap();
     let addon = dir.path().join("skip.py");
     std::fs::write(&addon, ADDON).unwrap();
