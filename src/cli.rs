@@ -1,12 +1,14 @@
 //! Command-line interface. Every `run` flag can also come from a
 //! `REGPROXY_*` environment variable; a flag given on the command line
-//! wins. Repeatable flags take a comma-separated list from the environment.
+//! wins. Repeatable flags take a comma-separated list from the environment;
+//! switches take `1`/`true`/`yes`/`on`, or `0`/`false`/`no`/`off`/empty.
 
 use std::ffi::OsString;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use clap::builder::FalseyValueParser;
 use clap::parser::ValueSource;
 use clap::{ArgMatches, Args, Parser, Subcommand};
 
@@ -106,12 +108,12 @@ pub struct RunArgs {
 
     /// Answer blob existence checks with 404 and strip cross-repository
     /// mounts, so clients upload every layer again.
-    #[arg(long, env = "REGPROXY_SKIP_EXISTING_LAYERS")]
+    #[arg(long, env = "REGPROXY_SKIP_EXISTING_LAYERS", value_parser = FalseyValueParser::new())]
     pub skip_existing_layers: bool,
 
     /// Answer manifest existence checks with 404, for clients that skip a
     /// whole image when its manifest exists (crane, oras, regctl).
-    #[arg(long, env = "REGPROXY_SKIP_EXISTING_MANIFESTS")]
+    #[arg(long, env = "REGPROXY_SKIP_EXISTING_MANIFESTS", value_parser = FalseyValueParser::new())]
     pub skip_existing_manifests: bool,
 
     #[command(flatten)]
@@ -129,7 +131,7 @@ pub struct RunArgs {
 
     /// Do not verify upstream registries' certificates. Dangerous: only for
     /// a registry you control on a network you trust.
-    #[arg(long, env = "REGPROXY_INSECURE_UPSTREAM")]
+    #[arg(long, env = "REGPROXY_INSECURE_UPSTREAM", value_parser = FalseyValueParser::new())]
     pub insecure_upstream: bool,
 
     /// Connect to ADDR whenever a client asks for HOST:PORT, like curl's
@@ -185,7 +187,7 @@ pub struct RunArgs {
 
     /// Allow listening beyond loopback without proxy credentials. Anyone
     /// who can reach the port can then use the proxy.
-    #[arg(long, env = "REGPROXY_ALLOW_UNAUTHENTICATED")]
+    #[arg(long, env = "REGPROXY_ALLOW_UNAUTHENTICATED", value_parser = FalseyValueParser::new())]
     pub allow_unauthenticated: bool,
 
     /// The most client connections served at once; more wait until one

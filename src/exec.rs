@@ -29,7 +29,9 @@ const EXEC_DRAIN: proxy::Drain = proxy::Drain {
 pub async fn run(settings: Settings, command: Vec<OsString>) -> anyhow::Result<u8> {
     let (program, args) = command.split_first().context("no command to run")?;
     let proxy = Proxy::new(&settings.proxy)?;
-    let listener = TcpListener::bind(("127.0.0.1", 0)).await?;
+    let listener = TcpListener::bind(settings.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", settings.listen))?;
     let addr = listener.local_addr()?;
     let bundle_dir = tempfile::Builder::new()
         .prefix("regproxy-exec-")
@@ -50,12 +52,26 @@ pub async fn run(settings: Settings, command: Vec<OsString>) -> anyhow::Result<u
     };
     let server = tokio::spawn(proxy::serve(proxy.clone(), listener, shutdown, EXEC_DRAIN));
     let started = Instant::now();
-    let mut child = tokio::process::Command::new(program)
+    let spawned = tokio::process::Command::new(program)
         .args(args)
         .envs(proxy_variables(addr))
         .env("SSL_CERT_FILE", &bundle)
-        .spawn()
-        .with_context(|| format!("cannot run {}", program.to_string_lossy()))?;
+        .spawn();
+    let mut child = match spawned {
+        Ok(child) => child,
+        Err(error) => {
+            // As a shell would: 127 for a command not found, 126 otherwise.
+            eprintln!(
+                "regproxy: cannot run {}: {error}",
+                program.to_string_lossy()
+            );
+            return Ok(if error.kind() == std::io::ErrorKind::NotFound {
+                127
+            } else {
+                126
+            });
+        }
+    };
     let status = wait_forwarding_signals(&mut child).await?;
 
     let _ = stop.send(());

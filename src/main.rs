@@ -31,7 +31,7 @@ fn main() -> ExitCode {
     match run(cli, subcommand) {
         Ok(code) => ExitCode::from(code),
         Err(error) => {
-            eprintln!("regproxy: {error:#}");
+            eprintln!("regproxy: {}", error_chain(&error));
             ExitCode::FAILURE
         }
     }
@@ -50,13 +50,19 @@ fn run(cli: Cli, matches: &ArgMatches) -> anyhow::Result<u8> {
             Ok(0)
         }
         Command::Exec { run, command } => {
-            let settings = run.settings(matches)?;
+            reject_check(run.check, "exec")?;
+            let mut settings = run.settings(matches)?;
+            // Without --listen, exec's proxy takes a free port of its own.
+            if run.listen.is_none() {
+                settings.listen = ([127, 0, 0, 1], 0).into();
+            }
             // The wrapped client's own output matters most: only problems
             // are logged unless RUST_LOG asks for more.
             logging::init("warn", settings.log_format);
             runtime()?.block_on(regproxy::exec::run(settings, command))
         }
         Command::Env(args) => {
+            reject_check(args.check, "env")?;
             let settings = args.settings(matches)?;
             logging::init("warn", settings.log_format);
             regproxy::exec::print_env(&settings)?;
@@ -65,18 +71,19 @@ fn run(cli: Cli, matches: &ArgMatches) -> anyhow::Result<u8> {
         Command::Har { flow_log } => {
             let (records, skipped) = read_flow_log(&flow_log)?;
             warn_skipped(skipped);
-            println!("{}", regproxy::flow::har::to_har(&records));
+            print_out(&format!("{}\n", regproxy::flow::har::to_har(&records)))?;
             Ok(0)
         }
         Command::Report { flow_log, json } => {
             let (records, skipped) = read_flow_log(&flow_log)?;
             warn_skipped(skipped);
             let report = regproxy::flow::report::Report::from_records(&records);
-            if json {
-                println!("{}", serde_json::to_string_pretty(&report)?);
+            let text = if json {
+                format!("{}\n", serde_json::to_string_pretty(&report)?)
             } else {
-                print!("{report}");
-            }
+                report.to_string()
+            };
+            print_out(&text)?;
             Ok(0)
         }
         Command::Ca { action, dir } => {
@@ -89,6 +96,36 @@ fn run(cli: Cli, matches: &ArgMatches) -> anyhow::Result<u8> {
             Ok(0)
         }
     }
+}
+
+/// Writes to stdout; a reader that went away (`| head`) is not an error.
+fn print_out(text: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    match std::io::stdout().lock().write_all(text.as_bytes()) {
+        Err(error) if error.kind() != std::io::ErrorKind::BrokenPipe => Err(error.into()),
+        _ => Ok(()),
+    }
+}
+
+fn reject_check(check: bool, subcommand: &str) -> anyhow::Result<()> {
+    if check {
+        anyhow::bail!("--check belongs to `regproxy run`, not `regproxy {subcommand}`");
+    }
+    Ok(())
+}
+
+/// The error and its causes on one line, each cause only once: several
+/// errors already name their cause in their own message.
+fn error_chain(error: &anyhow::Error) -> String {
+    let mut text = error.to_string();
+    for cause in error.chain().skip(1) {
+        let cause = cause.to_string();
+        if !text.contains(&cause) {
+            text.push_str(": ");
+            text.push_str(&cause);
+        }
+    }
+    text
 }
 
 fn warn_skipped(skipped: usize) {

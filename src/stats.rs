@@ -75,9 +75,10 @@ impl std::fmt::Display for StatsSnapshot {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "{} requests, {} HEADs answered 404, {} mounts stripped, \
+            "{} request{}, {} HEADs answered 404, {} mounts stripped, \
              {} blobs uploaded ({})",
             self.requests,
+            if self.requests == 1 { "" } else { "s" },
             self.heads_answered_not_found,
             self.mounts_stripped,
             self.blobs_uploaded,

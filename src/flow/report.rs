@@ -393,7 +393,7 @@ fn blob_row(blob: &BlobReport) -> Vec<String> {
             dash()
         },
         blob.throughput()
-            .map(|t| format!("{t:.1} MiB/s"))
+            .map(|t| format!("{}/s", human_bytes((t * (1 << 20) as f64) as u64)))
             .unwrap_or_else(dash),
         blob.status.map(|s| s.to_string()).unwrap_or_else(dash),
     ]

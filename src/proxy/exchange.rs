@@ -165,7 +165,7 @@ impl Exchange {
             status = *self.status.get_mut(),
             up = *self.up.get_mut(),
             down = *self.down.get_mut(),
-            ms = format_args!("{:.1}", self.started.elapsed().as_secs_f64() * 1000.0),
+            ms = (self.started.elapsed().as_secs_f64() * 10_000.0).round() / 10.0,
             action = start.action,
             error,
             "{} {}{}",

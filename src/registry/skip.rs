@@ -2,9 +2,10 @@
 //! uploads every layer (or every manifest) again. Pure decisions, plus the
 //! small memory of what this daemon has seen pushed.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::fmt;
 use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use http::Method;
 
@@ -169,12 +170,19 @@ enum Kind {
     Manifest,
 }
 
-/// Blobs and manifests this daemon saw pushed, per registry host and
-/// repository. Lives as long as the daemon: a restart forgets, which only
-/// means the next HEAD of a forgotten blob is faked again.
+/// How long a push is remembered. Clients check a blob right after they
+/// upload it, within the same push; a later push, such as a second repair
+/// through a long-running daemon, must see its existence checks faked
+/// again.
+pub const PUSH_MEMORY: Duration = Duration::from_secs(10 * 60);
+
+type Key = (Kind, String, String, String);
+
+/// Blobs and manifests this daemon saw pushed recently, per registry host
+/// and repository, each forgotten [`PUSH_MEMORY`] after it was pushed.
 #[derive(Debug, Default)]
 pub struct SessionMemory {
-    seen: Mutex<HashSet<(Kind, String, String, String)>>,
+    seen: Mutex<HashMap<Key, Instant>>,
 }
 
 impl SessionMemory {
@@ -193,16 +201,23 @@ impl SessionMemory {
 
     fn insert(&self, kind: Kind, host: &str, name: &str, id: &str) {
         let key = (kind, host.to_owned(), name.to_owned(), id.to_owned());
-        self.lock().insert(key);
+        let now = Instant::now();
+        let mut seen = self.lock();
+        // Forgetting happens here, so the map never outgrows what was
+        // pushed in the last few minutes.
+        seen.retain(|_, pushed| now.duration_since(*pushed) < PUSH_MEMORY);
+        seen.insert(key, now);
     }
 
     fn contains(&self, kind: Kind, host: &str, name: &str, id: &str) -> bool {
         let key = (kind, host.to_owned(), name.to_owned(), id.to_owned());
-        self.lock().contains(&key)
+        let seen = self.lock();
+        seen.get(&key)
+            .is_some_and(|pushed| pushed.elapsed() < PUSH_MEMORY)
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashSet<(Kind, String, String, String)>> {
-        // Entries are inserted whole, so a poisoned set is still consistent.
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Key, Instant>> {
+        // Entries are inserted whole, so a poisoned map is still consistent.
         self.seen.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
