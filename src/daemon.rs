@@ -1,9 +1,8 @@
 //! `regproxy run`: bind, say what we are, serve until a signal.
 
-use std::time::Duration;
-
 use anyhow::Context;
 use tokio::net::TcpListener;
+use tokio::signal::unix::{signal, Signal, SignalKind};
 
 use crate::cli::Settings;
 use crate::proxy::{self, Proxy};
@@ -25,6 +24,7 @@ pub fn check(settings: &Settings) -> anyhow::Result<()> {
 pub async fn run(settings: Settings) -> anyhow::Result<()> {
     check_exposure(&settings)?;
     raise_open_file_limit();
+    let signals = Signals::install().context("cannot install signal handlers")?;
     let config = settings.proxy;
     let proxy = Proxy::new(&config)?;
     let listener = TcpListener::bind(settings.listen)
@@ -51,7 +51,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         );
     }
     let drain = proxy::Drain::within(config.drain_timeout);
-    proxy::serve(proxy, listener, shutdown_signal(), drain).await;
+    proxy::serve(proxy, listener, shutdown_signal(signals), drain).await;
     Ok(())
 }
 
@@ -94,31 +94,37 @@ fn raise_open_file_limit() {
     }
 }
 
-/// Completes on the first SIGINT or SIGTERM. A second signal during the
-/// drain ends the process at once.
-async fn shutdown_signal() {
-    let signal = wait_for_signal().await;
-    tracing::info!("{signal} received");
-    tokio::spawn(async {
-        let signal = wait_for_signal().await;
-        tracing::warn!("second {signal}: exiting without draining");
-        std::process::exit(130);
-    });
-    // Let the second-signal watcher install its handlers first.
-    tokio::time::sleep(Duration::from_millis(1)).await;
+/// SIGINT and SIGTERM, caught from before the daemon says it started, so
+/// a signal that comes right after the banner still drains gracefully.
+struct Signals {
+    interrupt: Signal,
+    terminate: Signal,
 }
 
-async fn wait_for_signal() -> &'static str {
-    use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut interrupt), Ok(mut terminate)) = (
-        signal(SignalKind::interrupt()),
-        signal(SignalKind::terminate()),
-    ) else {
-        // Without signal handlers the daemon runs until killed.
-        return std::future::pending().await;
-    };
-    tokio::select! {
-        _ = interrupt.recv() => "SIGINT",
-        _ = terminate.recv() => "SIGTERM",
+impl Signals {
+    fn install() -> std::io::Result<Signals> {
+        Ok(Signals {
+            interrupt: signal(SignalKind::interrupt())?,
+            terminate: signal(SignalKind::terminate())?,
+        })
     }
+
+    async fn next(&mut self) -> &'static str {
+        tokio::select! {
+            _ = self.interrupt.recv() => "SIGINT",
+            _ = self.terminate.recv() => "SIGTERM",
+        }
+    }
+}
+
+/// Completes on the first signal. A second one during the drain ends the
+/// process at once.
+async fn shutdown_signal(mut signals: Signals) {
+    let first = signals.next().await;
+    tracing::info!("{first} received");
+    tokio::spawn(async move {
+        let second = signals.next().await;
+        tracing::warn!("second {second}: exiting without draining");
+        std::process::exit(130);
+    });
 }

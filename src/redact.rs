@@ -43,6 +43,12 @@ fn header(name: &str, value: &str) -> String {
     if matches!(name.as_str(), "cookie" | "set-cookie") || is_secret_name(&name) {
         return MARK.to_owned();
     }
+    // Redirects to blob storage carry pre-signed URLs.
+    if matches!(name.as_str(), "location" | "content-location") {
+        if let Some((url, query)) = value.split_once('?') {
+            return format!("{url}?{}", query_string(query));
+        }
+    }
     value.to_owned()
 }
 
@@ -50,7 +56,7 @@ fn query_string(query: &str) -> String {
     query
         .split('&')
         .map(|pair| match pair.split_once('=') {
-            Some((key, _)) if is_secret_name(key) => format!("{key}={MARK}"),
+            Some((key, _)) if is_secret_name(&decoded(key)) => format!("{key}={MARK}"),
             _ => pair.to_owned(),
         })
         .collect::<Vec<_>>()
@@ -97,18 +103,28 @@ fn redact_json(value: &mut Value) -> bool {
 
 /// Names of fields, parameters and headers whose values are credentials:
 /// registry tokens (`token`, `access_token`, `refresh_token`), passwords,
-/// and the signatures of pre-signed blob URLs (S3, GCS, Azure `sig`).
+/// docker's `auth` and `X-Registry-Auth`, API keys, and the signatures of
+/// pre-signed blob URLs (S3, GCS, Azure `sig`).
 fn is_secret_name(name: &str) -> bool {
     let name = name.to_ascii_lowercase();
-    const PARTS: [&str; 6] = [
+    const EXACT: [&str; 4] = ["sig", "auth", "x-auth", "x-registry-auth"];
+    const PARTS: [&str; 7] = [
         "token",
         "password",
         "secret",
         "signature",
         "credential",
         "api-key",
+        "apikey",
     ];
-    name == "sig" || PARTS.iter().any(|part| name.contains(part))
+    EXACT.contains(&name.as_str()) || PARTS.iter().any(|part| name.contains(part))
+}
+
+/// A query key as the server will read it: `%74oken` is `token`.
+fn decoded(key: &str) -> String {
+    percent_encoding::percent_decode_str(key)
+        .decode_utf8_lossy()
+        .into_owned()
 }
 
 #[cfg(test)]
@@ -199,6 +215,24 @@ mod tests {
             redact(Field::JsonBody(body)).unwrap(),
             r#"{"auths":[{"password":"<redacted>","user":"u"}]}"#
         );
+    }
+
+    #[test]
+    fn disguised_and_redirected_secrets_are_hidden() {
+        assert_eq!(
+            redact(Field::Query("%74oken=x&pass%77ord=y&n=1")).unwrap(),
+            "%74oken=<redacted>&pass%77ord=<redacted>&n=1"
+        );
+        assert_eq!(
+            header_of("Location", "https://s3.test/b?X-Amz-Signature=ff&x=1"),
+            "https://s3.test/b?X-Amz-Signature=<redacted>&x=1"
+        );
+        assert_eq!(header_of("X-Registry-Auth", "e30="), MARK);
+        assert_eq!(header_of("Apikey", "k"), MARK);
+        let body = r#"{"auths":{"r.test":{"auth":"dXNlcjpwYXNz"}}}"#;
+        assert!(!redact(Field::JsonBody(body))
+            .unwrap()
+            .contains("dXNlcjpwYXNz"));
     }
 
     #[test]

@@ -125,6 +125,21 @@ fn bad_input_gets_a_clear_answer_and_the_daemon_carries_on() {
             Some(400),
         ),
         (
+            "port out of range",
+            b"GET http://127.0.0.1:65616/v2/ HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(),
+            Some(400),
+        ),
+        (
+            "credentials in the URL",
+            format!("GET http://u:p@{target}/v2/ HTTP/1.1\r\nHost: {target}\r\n\r\n").into_bytes(),
+            Some(400),
+        ),
+        (
+            "cleartext HTTP/2 preface",
+            b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec(),
+            None,
+        ),
+        (
             "plain garbage inside a tunnel",
             tunnel_then(b"NOT TLS\r\n\r\n"),
             Some(200),

@@ -17,6 +17,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::Watcher;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, BufReader};
+use tokio::sync::OwnedSemaphorePermit;
 use tokio_rustls::LazyConfigAcceptor;
 
 use super::body::{self, ProxyBody};
@@ -50,14 +51,14 @@ pub async fn handle_connect(
     proxy: Arc<Proxy>,
     client: SocketAddr,
     request: Request<Incoming>,
-    watcher: Option<Watcher>,
+    hold: Option<TunnelHold>,
 ) -> Response<ProxyBody> {
     let Some(authority) = tunnel_authority(&request) else {
         return respond::bad_request("CONNECT needs a host:port target");
     };
     let port = authority.port_u16().unwrap_or(443);
     if !proxy.intercepts(authority.host(), port) {
-        return tunnel_untouched(proxy, client, request, authority, watcher).await;
+        return tunnel_untouched(proxy, client, request, authority, hold).await;
     }
     tracing::debug!(%client, target = %authority, "tunnel opened");
     tokio::spawn(async move {
@@ -68,7 +69,7 @@ pub async fn handle_connect(
             proxy,
             client,
             authority,
-            watcher,
+            hold,
         };
         if let Err(error) = tunnel.intercept(TokioIo::new(upgraded)).await {
             tracing::debug!(%client, "tunnel closed: {error}");
@@ -84,7 +85,7 @@ async fn tunnel_untouched(
     client: SocketAddr,
     request: Request<Incoming>,
     authority: Authority,
-    watcher: Option<Watcher>,
+    hold: Option<TunnelHold>,
 ) -> Response<ProxyBody> {
     let port = authority.port_u16().unwrap_or(443);
     let mut upstream = match proxy.connector.open_tcp(authority.host(), port).await {
@@ -98,8 +99,9 @@ async fn tunnel_untouched(
     let response = connection_established();
     exchange.responded(response.status().as_u16(), response.headers());
     tokio::spawn(async move {
-        // Held until the tunnel closes, so a graceful shutdown waits for it.
-        let _watcher = watcher;
+        // Held until the tunnel closes: a graceful shutdown waits for it,
+        // and it keeps its place under the connection limit.
+        let _hold = hold;
         let Some(upgraded) = upgrade(request, client).await else {
             return;
         };
@@ -181,12 +183,20 @@ pub fn tunnel_target(text: &str) -> Option<Authority> {
     (valid_host && port > 0 && !authority.as_str().contains('@')).then_some(authority)
 }
 
+/// What an intercepted or tunnelled connection holds for as long as it
+/// lives: its place in the graceful shutdown, and its connection slot.
+pub struct TunnelHold {
+    pub watcher: Watcher,
+    pub slot: OwnedSemaphorePermit,
+}
+
 struct Tunnel {
     proxy: Arc<Proxy>,
     client: SocketAddr,
     authority: Authority,
-    /// Keeps graceful shutdown waiting for this tunnel's requests.
-    watcher: Option<Watcher>,
+    /// Keeps graceful shutdown waiting for this tunnel's requests, and
+    /// the tunnel counted under the connection limit.
+    hold: Option<TunnelHold>,
 }
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -226,10 +236,17 @@ impl Tunnel {
         let name = handshake
             .client_hello()
             .server_name()
-            .unwrap_or(self.authority.host())
+            .unwrap_or(
+                self.authority
+                    .host()
+                    .trim_start_matches('[')
+                    .trim_end_matches(']'),
+            )
             .to_owned();
         let config = self.proxy.leaves.server_config(&name)?;
-        let tls = handshake.into_stream(config).await?;
+        let tls = tokio::time::timeout(FIRST_BYTES_TIMEOUT, handshake.into_stream(config))
+            .await
+            .map_err(|_| "TLS handshake timed out")??;
         let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
         tracing::debug!(client = %self.client, %name, h2, "TLS intercepted");
         self.serve(tls, Scheme::HTTPS, h2).await
@@ -243,7 +260,7 @@ impl Tunnel {
             proxy,
             client,
             authority,
-            watcher,
+            hold,
         } = self;
         let target = Target { scheme, authority };
         let service = service_fn(move |request| {
@@ -252,8 +269,11 @@ impl Tunnel {
         });
         let builder = tunnel_server(h2);
         let connection = builder.serve_connection(TokioIo::new(stream), service);
-        match watcher {
-            Some(watcher) => watcher.watch(connection).await,
+        match hold {
+            Some(TunnelHold { watcher, slot }) => {
+                let _slot = slot;
+                watcher.watch(connection).await
+            }
             None => connection.await,
         }
     }

@@ -51,9 +51,13 @@ pub async fn forward(
     request: Request<Incoming>,
 ) -> Response<ProxyBody> {
     let intercepted = tunnel.as_ref().is_some_and(|t| t.scheme == Scheme::HTTPS);
+    let in_tunnel = tunnel.is_some();
     let Some((target, path_and_query)) = destination(tunnel, request.uri()) else {
         return respond::not_a_proxy_request(request.uri());
     };
+    if let Some(problem) = (!in_tunnel).then(|| target_problem(&target)).flatten() {
+        return respond::bad_request(problem);
+    }
     let host = target.authority.as_str().to_ascii_lowercase();
     let route = Route::parse(path_and_query.path());
     let memory = proxy.memory.at(&host);
@@ -132,6 +136,11 @@ async fn send_upstream(
         }
     };
 
+    if response.status() == http::StatusCode::SWITCHING_PROTOCOLS {
+        let message = format!("upstream {host}: switched protocols, which regproxy does not relay");
+        exchange.fail(message.clone());
+        return respond::bad_gateway(message);
+    }
     let (mut parts, body) = response.into_parts();
     let route = Route::parse(path_and_query.path());
     remember_pushes(proxy, &host, &route, &path_and_query, exchange, &parts);
@@ -155,6 +164,35 @@ fn destination(tunnel: Option<Target>, uri: &Uri) -> Option<(Target, PathAndQuer
         },
     };
     Some((target, path_and_query))
+}
+
+/// What is wrong with an absolute-form target, if anything. A port the
+/// URI parser could not read would otherwise fall back to the scheme's
+/// default and send the request somewhere the client never named.
+fn target_problem(target: &Target) -> Option<&'static str> {
+    let authority = &target.authority;
+    if target.scheme != Scheme::HTTP && target.scheme != Scheme::HTTPS {
+        return Some("only http and https URLs can be proxied");
+    }
+    if authority.as_str().contains('@') {
+        return Some("credentials in the URL are not forwarded; send them in a header");
+    }
+    if authority.host().is_empty() {
+        return Some("the URL has no host");
+    }
+    // The URI parser drops a port it cannot read, so look at the text.
+    let after_host = authority
+        .as_str()
+        .rsplit_once(authority.host())
+        .map_or("", |(_, rest)| rest);
+    let port_ok = match after_host.strip_prefix(':') {
+        Some(port) => port.parse::<u16>().is_ok_and(|p| p != 0),
+        None => after_host.is_empty(),
+    };
+    if !port_ok {
+        return Some("the URL's port is not a valid port number");
+    }
+    None
 }
 
 fn with_query(path_and_query: &PathAndQuery, query: Option<&str>) -> PathAndQuery {
@@ -292,6 +330,28 @@ mod tests {
         assert!(destination(None, &"/v2/".parse().unwrap()).is_none());
         let (target, _) = destination(None, &"http://r.test:5000/v2/".parse().unwrap()).unwrap();
         assert_eq!(target.authority.as_str(), "r.test:5000");
+    }
+
+    #[test]
+    fn bad_absolute_targets_are_named() {
+        let target = |uri: &str| {
+            let uri: Uri = uri.parse().unwrap();
+            destination(None, &uri).map(|(t, _)| target_problem(&t))
+        };
+        assert_eq!(target("http://r.test:5000/v2/"), Some(None));
+        assert!(target("http://127.0.0.1:65616/v2/")
+            .unwrap()
+            .unwrap()
+            .contains("port"));
+        assert!(target("http://r.test:0/")
+            .unwrap()
+            .unwrap()
+            .contains("port"));
+        assert!(target("http://a:b@r.test/")
+            .unwrap()
+            .unwrap()
+            .contains("credentials"));
+        assert!(target("ftp://r.test/").unwrap().unwrap().contains("http"));
     }
 
     #[test]

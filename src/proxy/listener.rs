@@ -19,6 +19,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
 use super::body::ProxyBody;
+use super::connect::TunnelHold;
 use super::{connect, forward, respond, Proxy, HEADER_READ_TIMEOUT, MAX_HEAD_BYTES};
 
 /// Pause after a failed accept (usually: out of file descriptors), so the
@@ -118,7 +119,10 @@ async fn drain(
     graceful: GracefulShutdown,
     policy: Drain,
 ) {
-    let deadline = Instant::now() + policy.timeout;
+    // A timeout too large to add to the clock means "as long as it takes".
+    let deadline = Instant::now()
+        .checked_add(policy.timeout)
+        .unwrap_or_else(|| Instant::now() + Duration::from_secs(365 * 24 * 3600));
     tracing::info!(
         in_flight = proxy.stats.in_flight(),
         "shutting down: finishing in-flight pushes, up to {}s",
@@ -158,15 +162,23 @@ async fn serve_client(
     inner: Watcher,
     slot: OwnedSemaphorePermit,
 ) {
-    let _slot = slot;
     let _ = stream.set_nodelay(true);
-    let inner = Arc::new(Mutex::new(Some(inner)));
+    if !speaks_http1(&stream).await {
+        tracing::debug!(%client, "closed: no HTTP/1 request head in time");
+        return;
+    }
+    // The slot moves into a tunnel if the client opens one, so tunnels
+    // count against the limit for as long as they live.
+    let hold = Arc::new(Mutex::new(Some(TunnelHold {
+        watcher: inner,
+        slot,
+    })));
     let service = service_fn(move |request: Request<Incoming>| {
         let proxy = proxy.clone();
-        let inner = inner.clone();
+        let hold = hold.clone();
         async move {
-            let watcher = || inner.lock().unwrap_or_else(|e| e.into_inner()).take();
-            Ok::<_, Infallible>(route_proxy_request(proxy, client, request, watcher).await)
+            let take = || hold.lock().unwrap_or_else(|e| e.into_inner()).take();
+            Ok::<_, Infallible>(route_proxy_request(proxy, client, request, take).await)
         }
     });
     let mut builder = auto::Builder::new(TokioExecutor::new()).http1_only();
@@ -181,6 +193,31 @@ async fn serve_client(
     }
 }
 
+/// Waits for the client's first bytes. A client that sends nothing within
+/// the head timeout is let go (hyper's own timeout starts only with the
+/// first byte), and cleartext HTTP/2, which no proxy client speaks and
+/// which would bypass the HTTP/1 head limits, is refused.
+async fn speaks_http1(stream: &TcpStream) -> bool {
+    const H2_PREFACE_START: &[u8] = b"PRI";
+    let deadline = Instant::now() + HEADER_READ_TIMEOUT;
+    let mut first = [0u8; 3];
+    loop {
+        let peeked = tokio::time::timeout_at(deadline, stream.peek(&mut first)).await;
+        let n = match peeked {
+            Ok(Ok(n)) if n > 0 => n,
+            _ => return false,
+        };
+        if first[..n] != H2_PREFACE_START[..n] {
+            return true;
+        }
+        if n == H2_PREFACE_START.len() {
+            return false;
+        }
+        // A prefix of "PRI" so far: wait for the rest without spinning.
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
 /// What a request to the proxy port gets: 407 without valid proxy
 /// credentials, 400 if it would loop back into regproxy, otherwise a
 /// tunnel or a forwarded exchange.
@@ -188,7 +225,7 @@ async fn route_proxy_request(
     proxy: Arc<Proxy>,
     client: SocketAddr,
     request: Request<Incoming>,
-    tunnel_watcher: impl FnOnce() -> Option<Watcher>,
+    tunnel_hold: impl FnOnce() -> Option<TunnelHold>,
 ) -> Response<ProxyBody> {
     if let Some(credentials) = &proxy.auth {
         if !credentials.accepts(request.headers()) {
@@ -212,7 +249,7 @@ async fn route_proxy_request(
         }
     }
     if request.method() == Method::CONNECT {
-        connect::handle_connect(proxy, client, request, tunnel_watcher()).await
+        connect::handle_connect(proxy, client, request, tunnel_hold()).await
     } else {
         forward::forward(proxy, client, None, request).await
     }

@@ -15,7 +15,7 @@ use std::time::Duration;
 use http::Uri;
 use hyper_util::client::legacy::connect::{Connected, Connection};
 use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use rustls::pki_types::ServerName;
 use rustls::ClientConfig;
 use tokio::io::{AsyncRead, AsyncWrite, BufReader, ReadBuf};
@@ -98,6 +98,9 @@ pub type UpstreamClient = Client<Connector, ProxyBody>;
 
 pub fn client(connector: Connector) -> UpstreamClient {
     Client::builder(TokioExecutor::new())
+        // Without a timer the idle timeout is only checked on the next
+        // request to the same host, and idle sockets pile up.
+        .pool_timer(TokioTimer::new())
         .pool_idle_timeout(POOL_IDLE_TIMEOUT)
         // Never resend a request on our own: a replayed PATCH or PUT would
         // append an upload chunk twice. The forwarder retries only requests

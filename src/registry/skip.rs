@@ -9,6 +9,8 @@ use std::time::{Duration, Instant};
 
 use http::Method;
 
+use percent_encoding::percent_decode_str;
+
 use super::route::{is_digest, query_pairs, query_value, Route};
 
 /// Query parameters of a cross-repository mount. A registry that honours
@@ -109,8 +111,15 @@ fn is_referrers_tag(reference: &str) -> bool {
         .is_some_and(|(algorithm, encoded)| is_digest(&format!("{algorithm}:{encoded}")))
 }
 
+/// Keys are compared as the registry reads them, percent-decoded, so
+/// `%6Dount=` is a mount too.
+fn is_mount_key(raw: &str) -> bool {
+    let key = percent_decode_str(raw).decode_utf8_lossy();
+    MOUNT_PARAMS.contains(&key.as_ref())
+}
+
 fn has_mount_params(query: &str) -> bool {
-    query_pairs(query).any(|(key, _)| MOUNT_PARAMS.contains(&key))
+    query_pairs(query).any(|(key, _)| is_mount_key(key))
 }
 
 /// The query with mount parameters removed; every other parameter keeps
@@ -120,7 +129,7 @@ fn without_mount_params(query: &str) -> Option<String> {
         .split('&')
         .filter(|pair| {
             let key = pair.split_once('=').map_or(*pair, |(k, _)| k);
-            !pair.is_empty() && !MOUNT_PARAMS.contains(&key)
+            !pair.is_empty() && !is_mount_key(key)
         })
         .collect();
     (!kept.is_empty()).then(|| kept.join("&"))
@@ -424,6 +433,23 @@ mod tests {
             verdict,
             Verdict::StripMount {
                 query: Some("x=%2F1&y".into())
+            }
+        );
+    }
+
+    #[test]
+    fn percent_encoded_mount_keys_are_stripped_too() {
+        let verdict = decide_at(
+            LAYERS,
+            Method::POST,
+            &start(),
+            Some("%6Dount=d&%66rom=a&x=1"),
+            &none(),
+        );
+        assert_eq!(
+            verdict,
+            Verdict::StripMount {
+                query: Some("x=1".into())
             }
         );
     }

@@ -51,6 +51,13 @@ pub enum CaError {
     KeyNotPrivate { path: PathBuf, mode: u32 },
     #[error("CA key {key} exists but its certificate {cert} is missing")]
     CertMissing { key: PathBuf, cert: PathBuf },
+    #[error(
+        "CA certificate {cert} exists but its key {key} is missing: restore the key, or remove \
+         the certificate to create a new CA (clients must then trust the new one)"
+    )]
+    KeyMissing { key: PathBuf, cert: PathBuf },
+    #[error("CA key {key} does not belong to the certificate {cert}")]
+    KeyMismatch { key: PathBuf, cert: PathBuf },
     #[error("CA files in {dir}: {source}")]
     Invalid { dir: PathBuf, source: rcgen::Error },
     #[error("cannot mint a certificate for {host:?}: not a DNS name or IP address")]
@@ -93,6 +100,12 @@ impl CertificateAuthority {
         let key_path = Self::key_path(dir);
         let cert_path = Self::cert_path(dir);
         if !key_path.exists() {
+            if cert_path.exists() {
+                return Err(CaError::KeyMissing {
+                    key: key_path,
+                    cert: cert_path,
+                });
+            }
             create(dir)?;
         }
         check_private(&key_path)?;
@@ -109,6 +122,12 @@ impl CertificateAuthority {
             source,
         };
         let key = KeyPair::from_pem(&key_pem).map_err(invalid)?;
+        if !key_matches_certificate(&key, &cert_pem) {
+            return Err(CaError::KeyMismatch {
+                key: key_path,
+                cert: cert_path,
+            });
+        }
         let issuer = Issuer::from_ca_cert_pem(&cert_pem, key).map_err(invalid)?;
         let leaf_key = KeyPair::generate().map_err(invalid)?;
         Ok(Self {
@@ -153,6 +172,20 @@ impl CertificateAuthority {
             not_after: params.not_after,
         })
     }
+}
+
+/// Whether the certificate's public key is this key's: a mismatched pair
+/// would sign leaves that no client can verify.
+fn key_matches_certificate(key: &KeyPair, cert_pem: &str) -> bool {
+    use rcgen::PublicKeyData;
+    use x509_parser::prelude::{FromDer, X509Certificate};
+    let Ok(pem) = pem::parse(cert_pem) else {
+        return false;
+    };
+    let Ok((_, cert)) = X509Certificate::from_der(pem.contents()) else {
+        return false;
+    };
+    cert.public_key().subject_public_key.data.as_ref() == key.der_bytes()
 }
 
 fn subject_alt_name(host: &str) -> Result<SanType, CaError> {
@@ -312,6 +345,24 @@ mod tests {
             .unwrap();
         assert!(matches!(error, CaError::KeyNotPrivate { .. }), "{error}");
         assert!(error.to_string().contains("chmod 600"), "{error}");
+    }
+
+    #[test]
+    fn a_key_from_another_ca_is_refused() {
+        let (one, two) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        CertificateAuthority::load_or_create(one.path()).unwrap();
+        CertificateAuthority::load_or_create(two.path()).unwrap();
+        let key = CertificateAuthority::key_path(one.path());
+        fs::copy(CertificateAuthority::key_path(two.path()), &key).unwrap();
+        let error = CertificateAuthority::load_or_create(one.path())
+            .err()
+            .unwrap();
+        assert!(matches!(error, CaError::KeyMismatch { .. }), "{error}");
+        fs::remove_file(&key).unwrap();
+        let error = CertificateAuthority::load_or_create(one.path())
+            .err()
+            .unwrap();
+        assert!(matches!(error, CaError::KeyMissing { .. }), "{error}");
     }
 
     #[test]

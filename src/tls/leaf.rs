@@ -13,6 +13,11 @@ use super::ca::{CaError, CertificateAuthority};
 /// a long-running daemon never presents an expired certificate.
 const RENEW_BEFORE_EXPIRY: Duration = Duration::days(7);
 
+/// At most this many hosts keep a minted leaf. Any client can make
+/// regproxy mint for any name, so the cache must not grow without bound;
+/// past it, the entry closest to renewal makes room.
+const MAX_CACHED_HOSTS: usize = 1024;
+
 /// ALPN protocols offered to clients, in order of preference. Go clients
 /// that enable HTTP/2 (crane, oras, regctl) pick `h2`.
 const ALPN: [&[u8]; 2] = [b"h2", b"http/1.1"];
@@ -64,7 +69,17 @@ impl LeafCache {
         config.alpn_protocols = ALPN.iter().map(|p| p.to_vec()).collect();
         let config = Arc::new(config);
         let renew_at = leaf.not_after - RENEW_BEFORE_EXPIRY;
-        self.lock().insert(
+        let mut configs = self.lock();
+        if configs.len() >= MAX_CACHED_HOSTS && !configs.contains_key(&host) {
+            let oldest = configs
+                .iter()
+                .min_by_key(|(_, c)| c.renew_at)
+                .map(|(h, _)| h.clone());
+            if let Some(oldest) = oldest {
+                configs.remove(&oldest);
+            }
+        }
+        configs.insert(
             host,
             CachedConfig {
                 config: config.clone(),
