@@ -208,7 +208,7 @@ fn registry_host(arg: &str) -> Option<(String, Option<u16>)> {
         Some((host, port)) if !host.contains(':') => (host, Some(port.parse().ok()?)),
         _ => (first, None),
     };
-    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let host = crate::proxy::unbracketed(host);
     let hostlike = host
         .chars()
         .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':'));

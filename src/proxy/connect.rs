@@ -24,6 +24,7 @@ use super::body::{self, ProxyBody};
 use super::exchange::{Direction, Exchange, ExchangeStart};
 use super::forward::{forward, Target};
 use super::rewind::Rewind;
+use super::unbracketed;
 use super::{respond, Proxy, HEADER_READ_TIMEOUT, MAX_HEAD_BYTES};
 use crate::registry::route::Route;
 
@@ -175,10 +176,7 @@ fn tunnel_authority(request: &Request<Incoming>) -> Option<Authority> {
 pub fn tunnel_target(text: &str) -> Option<Authority> {
     let authority: Authority = text.parse().ok()?;
     let port = authority.port_u16().filter(|p| *p != 0)?;
-    let host = authority
-        .host()
-        .trim_start_matches('[')
-        .trim_end_matches(']');
+    let host = unbracketed(authority.host());
     let valid_host = rustls::pki_types::ServerName::try_from(host).is_ok();
     (valid_host && port > 0 && !authority.as_str().contains('@')).then_some(authority)
 }
@@ -236,12 +234,7 @@ impl Tunnel {
         let name = handshake
             .client_hello()
             .server_name()
-            .unwrap_or(
-                self.authority
-                    .host()
-                    .trim_start_matches('[')
-                    .trim_end_matches(']'),
-            )
+            .unwrap_or(unbracketed(self.authority.host()))
             .to_owned();
         let config = self.proxy.leaves.server_config(&name)?;
         let tls = tokio::time::timeout(FIRST_BYTES_TIMEOUT, handshake.into_stream(config))

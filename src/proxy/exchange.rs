@@ -112,6 +112,15 @@ impl Exchange {
         &self.start.method
     }
 
+    /// The registry `host:port`, lowercased.
+    pub fn host(&self) -> &str {
+        &self.start.host
+    }
+
+    pub fn route(&self) -> &Route {
+        &self.start.route
+    }
+
     /// The response head is known: regproxy's own, or the registry's.
     pub fn responded(&self, status: u16, headers: &HeaderMap) {
         self.status.store(status, Ordering::Relaxed);

@@ -116,7 +116,7 @@ async fn send_upstream(
     request: Request<Incoming>,
     exchange: &Arc<Exchange>,
 ) -> Response<ProxyBody> {
-    let host = target.authority.as_str().to_ascii_lowercase();
+    let host = exchange.host();
     let mut parts = http::uri::Parts::default();
     parts.scheme = Some(target.scheme);
     parts.authority = Some(target.authority);
@@ -129,7 +129,7 @@ async fn send_upstream(
     let response = match send(proxy, upstream_request).await {
         Ok(response) => response,
         Err(error) => {
-            let message = respond::upstream_failure(&host, &*error);
+            let message = respond::upstream_failure(host, &*error);
             tracing::warn!("{message}");
             exchange.fail(message.clone());
             return respond::bad_gateway(message);
@@ -142,8 +142,7 @@ async fn send_upstream(
         return respond::bad_gateway(message);
     }
     let (mut parts, body) = response.into_parts();
-    let route = Route::parse(path_and_query.path());
-    remember_pushes(proxy, &host, &route, &path_and_query, exchange, &parts);
+    remember_pushes(proxy, &path_and_query, exchange, &parts);
     strip_hop_by_hop(&mut parts.headers);
     let body = Metered::new(body, exchange.clone(), Direction::Down).boxed();
     Response::from_parts(parts, body)
@@ -260,12 +259,11 @@ fn clone_head(request: &Request<ProxyBody>) -> Request<ProxyBody> {
 /// mode lets their next existence check through.
 fn remember_pushes(
     proxy: &Proxy,
-    host: &str,
-    route: &Route,
     path_and_query: &PathAndQuery,
     exchange: &Exchange,
     response: &http::response::Parts,
 ) {
+    let (host, route) = (exchange.host(), exchange.route());
     let Some(name) = route.name() else { return };
     let (method, status) = (exchange.method(), response.status.as_u16());
     if let Some(digest) = skip::completed_upload(method, route, path_and_query.query(), status) {

@@ -52,6 +52,12 @@ pub enum SetupError {
     },
 }
 
+/// A host as it is resolved and named in certificates: an IPv6 literal
+/// without the brackets it wears in URLs and `CONNECT` targets.
+pub fn unbracketed(host: &str) -> &str {
+    host.trim_start_matches('[').trim_end_matches(']')
+}
+
 /// Everything the connections of one daemon share.
 pub struct Proxy {
     skip: SkipMode,
@@ -135,10 +141,7 @@ impl Proxy {
         if port != own.port() {
             return false;
         }
-        let host = host
-            .trim_start_matches('[')
-            .trim_end_matches(']')
-            .to_ascii_lowercase();
+        let host = unbracketed(host).to_ascii_lowercase();
         let overridden = self
             .resolve
             .iter()

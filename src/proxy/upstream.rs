@@ -24,6 +24,7 @@ use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
 
 use super::body::ProxyBody;
+use super::unbracketed;
 
 /// Giving up on a registry that does not answer: long enough for a slow
 /// network, short enough that a client sees a 502 before its own timeout.
@@ -48,7 +49,7 @@ impl FromStr for ResolveRule {
         let usage = || format!("{s:?}: expected HOST:PORT:ADDR, e.g. registry.test:443:127.0.0.1");
         let (host, rest) = s.split_once(':').ok_or_else(usage)?;
         let (port, addr) = rest.split_once(':').ok_or_else(usage)?;
-        let addr = addr.trim_start_matches('[').trim_end_matches(']');
+        let addr = super::unbracketed(addr);
         if host.is_empty() {
             return Err(usage());
         }
@@ -146,10 +147,7 @@ impl Connector {
     /// A plain TCP connection to `host:port`, `--resolve` applied, for
     /// tunnels regproxy does not intercept.
     pub async fn open_tcp(&self, host: &str, port: u16) -> Result<TcpStream, UpstreamError> {
-        let host = host
-            .trim_start_matches('[')
-            .trim_end_matches(']')
-            .to_ascii_lowercase();
+        let host = unbracketed(host).to_ascii_lowercase();
         let authority = format!("{host}:{port}");
         tokio::time::timeout(CONNECT_TIMEOUT, self.tcp(&host, port, &authority))
             .await
@@ -159,14 +157,10 @@ impl Connector {
     }
 
     async fn connect(self, uri: Uri) -> Result<UpstreamStream, UpstreamError> {
-        let host = uri
-            .host()
-            .ok_or_else(|| UpstreamError::NoHost {
-                uri: uri.to_string(),
-            })?
-            .trim_start_matches('[')
-            .trim_end_matches(']')
-            .to_ascii_lowercase();
+        let host = uri.host().ok_or_else(|| UpstreamError::NoHost {
+            uri: uri.to_string(),
+        })?;
+        let host = unbracketed(host).to_ascii_lowercase();
         let https = uri.scheme_str() == Some("https");
         let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
         let authority = format!("{host}:{port}");

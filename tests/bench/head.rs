@@ -18,16 +18,15 @@ mod support;
 
 use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, ServerName};
+use rustls::pki_types::ServerName;
 use support::daemon::Daemon;
+use support::load::tls_connector;
 use support::registry::{Registry, REGISTRY_BINARY};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -183,21 +182,6 @@ async fn upload(sender: &mut Sender, bytes: &'static [u8]) -> String {
     let (status, _) = request(sender, "PUT", &put, host, Bytes::from_static(bytes)).await;
     assert_eq!(status, 201);
     digest
-}
-
-fn tls_connector(ca: &Path) -> tokio_rustls::TlsConnector {
-    let mut roots = rustls::RootCertStore::empty();
-    roots
-        .add(CertificateDer::from_pem_file(ca).unwrap())
-        .unwrap();
-    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    tokio_rustls::TlsConnector::from(Arc::new(config))
 }
 
 async fn connect_direct(addr: SocketAddr, ca: &Path) -> Sender {

@@ -36,18 +36,7 @@ pub fn keep_alive_heads(
         .enable_all()
         .build()
         .unwrap();
-    let mut roots = rustls::RootCertStore::empty();
-    roots
-        .add(CertificateDer::from_pem_file(ca).unwrap())
-        .unwrap();
-    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    let connector = tokio_rustls::TlsConnector::from(Arc::new(tls));
+    let connector = tls_connector(ca);
     runtime.block_on(async move {
         let barrier = Arc::new(Barrier::new(tunnels));
         let tasks: Vec<_> = (0..tunnels)
@@ -107,6 +96,21 @@ async fn one_tunnel(
         heads += 1;
     }
     Ok(heads)
+}
+
+/// A TLS client trusting only the CA certificate in `ca` (PEM).
+pub fn tls_connector(ca: &Path) -> tokio_rustls::TlsConnector {
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(CertificateDer::from_pem_file(ca).unwrap())
+        .unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    tokio_rustls::TlsConnector::from(Arc::new(tls))
 }
 
 type Sender = hyper::client::conn::http1::SendRequest<Empty<bytes::Bytes>>;
