@@ -135,6 +135,16 @@ fn bad_input_gets_a_clear_answer_and_the_daemon_carries_on() {
             Some(400),
         ),
         (
+            "upload with a malformed chunked body",
+            format!(
+                "POST http://{target}/v2/team/app/blobs/uploads/?digest=sha256:{zeros} HTTP/1.1\r\n\
+                 Host: {target}\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nlayer\r\n0\r\n\r\n",
+                zeros = "0".repeat(64)
+            )
+            .into_bytes(),
+            Some(400),
+        ),
+        (
             "cleartext HTTP/2 preface",
             b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec(),
             None,

@@ -7,6 +7,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
+use http::StatusCode;
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Empty, Full};
@@ -97,7 +98,12 @@ where
                     "{side} sent nothing for {}s; body abandoned",
                     BODY_IDLE_TIMEOUT.as_secs()
                 );
-                self.exchange.fail(message.clone());
+                match self.direction {
+                    Direction::Up => self
+                        .exchange
+                        .fail_by_client(StatusCode::REQUEST_TIMEOUT, message.clone()),
+                    Direction::Down => self.exchange.fail(message.clone()),
+                }
                 Poll::Ready(Some(Err(message.into())))
             }
             Poll::Ready(Some(Ok(frame))) => {
@@ -108,12 +114,13 @@ where
             }
             Poll::Ready(Some(Err(error))) => {
                 let error: BoxError = error.into();
-                let side = match self.direction {
-                    Direction::Up => "client body",
-                    Direction::Down => "registry body",
-                };
-                self.exchange
-                    .fail(format!("{side}: {}", error_chain(&*error)));
+                let reason = error_chain(&*error);
+                match self.direction {
+                    Direction::Up => self
+                        .exchange
+                        .fail_by_client(StatusCode::BAD_REQUEST, format!("client body: {reason}")),
+                    Direction::Down => self.exchange.fail(format!("registry body: {reason}")),
+                }
                 Poll::Ready(Some(Err(error)))
             }
             other => other.map_err(Into::into),

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use http::{HeaderMap, Method, Version};
+use http::{HeaderMap, Method, StatusCode, Version};
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
@@ -56,6 +56,9 @@ pub struct Exchange {
     up: AtomicU64,
     down: AtomicU64,
     error: Mutex<Option<String>>,
+    /// The status owed to the client when its own request body broke the
+    /// exchange (malformed, or it stopped sending); 0 otherwise.
+    client_fault: AtomicU16,
     stats: Arc<Stats>,
     flow: Option<FlowCapture>,
 }
@@ -103,6 +106,7 @@ impl Exchange {
             up: AtomicU64::new(0),
             down: AtomicU64::new(0),
             error: Mutex::new(None),
+            client_fault: AtomicU16::new(0),
             stats,
             flow,
         })
@@ -134,6 +138,20 @@ impl Exchange {
 
     pub fn fail(&self, error: String) {
         lock(&self.error).get_or_insert(error);
+    }
+
+    /// The client's request body failed: the exchange is the client's
+    /// fault, answered with `status` rather than blamed on the registry.
+    pub fn fail_by_client(&self, status: StatusCode, error: String) {
+        self.client_fault.store(status.as_u16(), Ordering::Relaxed);
+        self.fail(error);
+    }
+
+    /// The status and reason owed to the client, if its body failed.
+    pub fn client_fault(&self) -> Option<(StatusCode, String)> {
+        let status = StatusCode::from_u16(self.client_fault.load(Ordering::Relaxed)).ok()?;
+        let reason = lock(&self.error).clone().unwrap_or_default();
+        Some((status, reason))
     }
 
     /// Counts bytes that passed, and keeps them if they belong to a small

@@ -128,12 +128,7 @@ async fn send_upstream(
     let upstream_request = upstream_request(request, uri, exchange);
     let response = match send(proxy, upstream_request).await {
         Ok(response) => response,
-        Err(error) => {
-            let message = respond::upstream_failure(host, &*error);
-            tracing::warn!("{message}");
-            exchange.fail(message.clone());
-            return respond::bad_gateway(message);
-        }
+        Err(error) => return failed_upstream(host, &*error, exchange),
     };
 
     if response.status() == http::StatusCode::SWITCHING_PROTOCOLS {
@@ -146,6 +141,23 @@ async fn send_upstream(
     strip_hop_by_hop(&mut parts.headers);
     let body = Metered::new(body, exchange.clone(), Direction::Down).boxed();
     Response::from_parts(parts, body)
+}
+
+/// The answer to a request that could not be forwarded. A request body
+/// that was malformed or stopped arriving fails the upstream request too;
+/// that is the client's doing, not the registry's, and gets a 4xx.
+fn failed_upstream(
+    host: &str,
+    error: &(dyn std::error::Error + 'static),
+    exchange: &Exchange,
+) -> Response<ProxyBody> {
+    if let Some((status, reason)) = exchange.client_fault() {
+        return respond::client_body_failed(status, &reason);
+    }
+    let message = respond::upstream_failure(host, error);
+    tracing::warn!("{message}");
+    exchange.fail(message.clone());
+    respond::bad_gateway(message)
 }
 
 /// The target and the path to request there, or `None` for a request that

@@ -48,6 +48,12 @@ pub fn proxy_auth_required() -> Response<ProxyBody> {
     response
 }
 
+/// The client's own request body failed while it was being forwarded:
+/// 400 for a malformed one, 408 for one that stopped arriving.
+pub fn client_body_failed(status: StatusCode, reason: &str) -> Response<ProxyBody> {
+    plain(status, format!("regproxy: {reason}\n"))
+}
+
 pub fn bad_gateway(message: String) -> Response<ProxyBody> {
     plain(StatusCode::BAD_GATEWAY, format!("regproxy: {message}\n"))
 }

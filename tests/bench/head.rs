@@ -63,25 +63,64 @@ async fn run(registry: &Registry, requests: usize, held: usize) {
     let mut through = tunnel(passing.addr(), &passing.ca_dir().join("ca.crt"), &target).await;
     let mut faked = tunnel(skipping.addr(), &skipping.ca_dir().join("ca.crt"), &target).await;
 
-    let direct_times = heads(&mut direct, &path, &target, requests, 200).await;
-    let through_times = heads(&mut through, &path, &target, requests, 200).await;
-    let faked_times = heads(&mut faked, &path, &target, requests, 404).await;
+    // Direct and intercepted requests alternate, so a registry or machine
+    // that slows down for a moment slows both alike. The fake 404s, which
+    // never reach the registry, are timed back to back after them.
+    let mut paths = [
+        ("direct to the registry", &mut direct, 200, Vec::new()),
+        (
+            "through regproxy, intercepted",
+            &mut through,
+            200,
+            Vec::new(),
+        ),
+        (
+            "answered by skip mode (fake 404)",
+            &mut faked,
+            404,
+            Vec::new(),
+        ),
+    ];
+    let (passed, skipped) = paths.split_at_mut(2);
+    let cpu_before = (passing.cpu(), skipping.cpu());
+    for batch in [passed, skipped] {
+        for round in 0..WARM_UP + requests {
+            for (_, sender, expect, times) in batch.iter_mut() {
+                let started = Instant::now();
+                let status = request(sender, "HEAD", &path, &target, Bytes::new())
+                    .await
+                    .0;
+                if round >= WARM_UP {
+                    times.push(started.elapsed());
+                }
+                assert_eq!(status, *expect);
+            }
+        }
+    }
+    let per_request =
+        |after: Duration, before: Duration| micros((after - before) / (WARM_UP + requests) as u32);
+    let cpu_passing = per_request(passing.cpu(), cpu_before.0);
+    let cpu_skipping = per_request(skipping.cpu(), cpu_before.1);
+    let floor = loopback_round_trips(requests);
     println!("HEAD of a blob over keep-alive, {requests} requests each:");
     println!("| path | p50 | p99 |");
     println!("|---|---|---|");
-    for (name, times) in [
-        ("direct to the registry", &direct_times),
-        ("through regproxy, intercepted", &through_times),
-        ("answered by skip mode (fake 404)", &faked_times),
-    ] {
+    for (name, _, _, times) in &paths {
         println!(
             "| {name} | {} | {} |",
             micros(percentile(times, 50)),
             micros(percentile(times, 99))
         );
     }
-    let added = percentile(&through_times, 50).saturating_sub(percentile(&direct_times, 50));
+    println!(
+        "| floor: 1-byte TCP round trip between two threads | {} | {} |",
+        micros(percentile(&floor, 50)),
+        micros(percentile(&floor, 99))
+    );
+    let [(_, _, _, direct_times), (_, _, _, through_times), _] = &paths;
+    let added = percentile(through_times, 50).saturating_sub(percentile(direct_times, 50));
     println!("added by regproxy at p50: {}", micros(added));
+    println!("regproxy CPU per request: {cpu_passing} passed through, {cpu_skipping} faked");
 
     let (first, again) = handshakes(&passing, 50).await;
     println!();
@@ -115,25 +154,36 @@ fn percentile(times: &[Duration], p: usize) -> Duration {
     sorted[(sorted.len() * p / 100).min(sorted.len() - 1)]
 }
 
-async fn heads(
-    sender: &mut Sender,
-    path: &str,
-    host: &str,
-    count: usize,
-    expect: u16,
-) -> Vec<Duration> {
-    // Warm up: pooled upstream connection, caches, branch predictors.
-    for _ in 0..20 {
-        request(sender, "HEAD", path, host, Bytes::new()).await;
-    }
+/// Requests sent down each path before timing starts: pooled upstream
+/// connection, caches, branch predictors.
+const WARM_UP: usize = 20;
+
+/// What one round trip between two threads costs on this machine, with
+/// no TLS and no HTTP: the part of any request no proxy can remove.
+fn loopback_round_trips(count: usize) -> Vec<Duration> {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let mut near = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+    let (mut far, _) = listener.accept().unwrap();
+    near.set_nodelay(true).unwrap();
+    far.set_nodelay(true).unwrap();
+    let echo = std::thread::spawn(move || {
+        let mut byte = [0u8; 1];
+        while far.read(&mut byte).unwrap_or(0) == 1 {
+            far.write_all(&byte).unwrap();
+        }
+    });
+    let mut byte = [0u8; 1];
     let mut times = Vec::with_capacity(count);
-    for _ in 0..count {
+    for _ in 0..WARM_UP + count {
         let started = Instant::now();
-        let status = request(sender, "HEAD", path, host, Bytes::new()).await.0;
+        near.write_all(&byte).unwrap();
+        near.read_exact(&mut byte).unwrap();
         times.push(started.elapsed());
-        assert_eq!(status, expect);
     }
-    times
+    drop(near);
+    echo.join().unwrap();
+    times.split_off(WARM_UP)
 }
 
 /// Sends one request; returns its status and `Location` header.
