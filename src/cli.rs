@@ -276,9 +276,14 @@ impl RunArgs {
             max_connections: self
                 .max_connections
                 .or(file.max_connections)
-                .unwrap_or(defaults.max_connections)
-                .max(1),
+                .unwrap_or(defaults.max_connections),
         };
+        if proxy.max_connections == 0 {
+            // No connection could ever be served: refuse rather than hang.
+            return Err(ConfigError::Zero {
+                option: "max_connections",
+            });
+        }
         Ok(Settings {
             listen: self.listen.or(file.listen).unwrap_or(default_listen),
             log_format: self.log_format.or(file.log_format).unwrap_or_default(),
@@ -308,11 +313,18 @@ impl RunArgs {
             message,
         };
         if let Some(path) = self.proxy_auth_file.as_ref().or(file_from_file.as_ref()) {
-            let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-                path: path.clone(),
-                source,
-            })?;
-            return text.parse().map(Some).map_err(|e| invalid(path, e));
+            let text =
+                std::fs::read_to_string(path).map_err(|source| ConfigError::ReadCredentials {
+                    path: path.clone(),
+                    source,
+                })?;
+            return text
+                .parse()
+                .map(Some)
+                .map_err(|message| ConfigError::ParseCredentials {
+                    path: path.clone(),
+                    message,
+                });
         }
         let config = self.config.clone().unwrap_or_default();
         from_file
@@ -357,6 +369,10 @@ mod tests {
     }
 
     fn settings_from(args: &[&str], file: &str) -> Settings {
+        try_settings_from(args, file).unwrap()
+    }
+
+    fn try_settings_from(args: &[&str], file: &str) -> Result<Settings, ConfigError> {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("regproxy.toml");
         std::fs::write(&path, file).unwrap();
@@ -367,7 +383,7 @@ mod tests {
         let Command::Run(parsed) = Cli::from_arg_matches(&matches).unwrap().command else {
             panic!("not run")
         };
-        parsed.settings(run).unwrap()
+        parsed.settings(run)
     }
 
     #[test]
@@ -423,6 +439,32 @@ mod tests {
         };
         assert!(run.skip_existing_layers);
         assert_eq!(command, ["skopeo", "copy", "--all"]);
+    }
+
+    #[test]
+    fn zero_connections_is_refused_from_flag_or_file() {
+        for (flags, file) in [
+            (&["--max-connections", "0"][..], ""),
+            (&[][..], "max_connections = 0\n"),
+        ] {
+            let error = try_settings_from(flags, file).err().expect("refused");
+            assert_eq!(error.to_string(), "max_connections must be at least 1");
+        }
+    }
+
+    #[test]
+    fn a_bad_credentials_file_is_named_as_such() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("auth");
+        std::fs::write(&path, "no colon here\n").unwrap();
+        let flags = ["--proxy-auth-file", path.to_str().unwrap()];
+        let error = try_settings_from(&flags, "").err().expect("refused");
+        let text = error.to_string();
+        assert!(text.starts_with("proxy credentials file "), "{text}");
+        let missing = dir.path().join("missing");
+        let flags = ["--proxy-auth-file", missing.to_str().unwrap()];
+        let error = try_settings_from(&flags, "").err().expect("refused");
+        assert!(error.to_string().starts_with("proxy credentials file "));
     }
 
     #[test]

@@ -210,6 +210,15 @@ pub enum ConfigError {
     },
     #[error("config file {path}: {message}")]
     Parse { path: PathBuf, message: String },
+    #[error("proxy credentials file {path}: {source}")]
+    ReadCredentials {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("proxy credentials file {path}: {message}")]
+    ParseCredentials { path: PathBuf, message: String },
+    #[error("{option} must be at least 1")]
+    Zero { option: &'static str },
 }
 
 impl FileConfig {

@@ -231,6 +231,47 @@ fn upstream_reset_mid_body_is_an_error_for_the_client() {
     }
 }
 
+#[test]
+fn a_client_dropping_a_download_is_logged_as_a_failure() {
+    if !have(&[REGISTRY_BINARY, "curl"]) {
+        return;
+    }
+    let registry = Registry::start_plain();
+    let flow_log = tempfile::NamedTempFile::new().unwrap();
+    let proxy = RunningProxy::start(ProxyOptions {
+        resolve_ports: vec![registry.port],
+        flow_log: Some(flow_log.path().to_owned()),
+        ..ProxyOptions::default()
+    });
+    let blob: Vec<u8> = (0..4_000_000u32).map(|i| (i * 13 % 251) as u8).collect();
+    let digest = upload(&proxy, &registry, &blob);
+
+    let target = format!("registry.test:{}", registry.port);
+    let mut stream = TcpStream::connect(proxy.addr).unwrap();
+    let get = format!(
+        "GET http://{target}/v2/team/app/blobs/{digest} HTTP/1.1\r\nHost: {target}\r\n\r\n"
+    );
+    stream.write_all(get.as_bytes()).unwrap();
+    let mut first = vec![0u8; 64 << 10];
+    stream.read_exact(&mut first).unwrap();
+    drop(stream);
+
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let record = loop {
+        let (records, _) = regproxy::flow::read_flow_log(flow_log.path()).unwrap();
+        let get = records.into_iter().find(|r| r.method == "GET");
+        match get {
+            Some(record) => break record,
+            None if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(50)),
+            None => panic!("no flow record for the GET"),
+        }
+    };
+    assert_eq!(record.status, 200);
+    assert!(record.bytes_down < blob.len() as u64, "{record:?}");
+    let error = record.error.unwrap_or_default();
+    assert!(error.contains("stopped reading"), "{error:?}");
+}
+
 fn upload(proxy: &RunningProxy, registry: &Registry, blob: &[u8]) -> String {
     let digest = sha256(blob);
     let start = curl_exchange(

@@ -47,11 +47,14 @@ pub struct Metered<B> {
     /// Armed while waiting on the sender, from the moment the wait began.
     idle: Pin<Box<Sleep>>,
     waiting: bool,
+    /// The body reached its end, or failed and said so already.
+    finished: bool,
 }
 
-impl<B> Metered<B> {
+impl<B: Body> Metered<B> {
     pub fn new(inner: B, exchange: Arc<Exchange>, direction: Direction) -> Self {
         Self {
+            finished: inner.is_end_stream(),
             inner,
             exchange,
             direction,
@@ -59,7 +62,9 @@ impl<B> Metered<B> {
             waiting: false,
         }
     }
+}
 
+impl<B> Metered<B> {
     /// Called when the sender has nothing for us: starts the idle clock
     /// if this wait just began, and says whether it has run out.
     fn sender_idle_too_long(&mut self, cx: &mut Context<'_>) -> bool {
@@ -87,6 +92,8 @@ where
         let polled = Pin::new(&mut self.inner).poll_frame(cx);
         if polled.is_ready() {
             self.waiting = false;
+            self.finished =
+                matches!(polled, Poll::Ready(None | Some(Err(_)))) || self.inner.is_end_stream();
         }
         match polled {
             Poll::Pending if self.sender_idle_too_long(cx) => {
@@ -136,6 +143,19 @@ where
     }
 }
 
+/// A response body dropped before its end was not read to the end: the
+/// client went away or gave up on it, which the log and flow log must not
+/// show as a clean exchange. (A request body dropped early is normal: the
+/// registry may answer before reading it all.)
+impl<B> Drop for Metered<B> {
+    fn drop(&mut self) {
+        if self.direction == Direction::Down && !self.finished {
+            self.exchange
+                .fail("client stopped reading the response before its end".to_owned());
+        }
+    }
+}
+
 /// An error and its causes on one line, `outer: cause: root cause`,
 /// skipping a cause whose text the outer message already contains.
 pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
@@ -182,6 +202,10 @@ mod tests {
     }
 
     fn metered(chunks: usize) -> Metered<Stalls> {
+        Metered::new(Stalls { chunks }, exchange(), Direction::Up)
+    }
+
+    fn exchange() -> Arc<Exchange> {
         let start = ExchangeStart {
             client: "127.0.0.1:1".parse().unwrap(),
             method: http::Method::PATCH,
@@ -194,13 +218,48 @@ mod tests {
             route: Route::Other,
             action: "pass",
         };
-        let exchange = Exchange::begin(
+        Exchange::begin(
             start,
             &http::HeaderMap::new(),
             Arc::new(Stats::default()),
             None,
-        );
-        Metered::new(Stalls { chunks }, exchange, Direction::Up)
+        )
+    }
+
+    fn download(bytes: &'static [u8]) -> (Metered<Full<Bytes>>, Arc<Exchange>) {
+        let exchange = exchange();
+        let body = Full::new(Bytes::from_static(bytes));
+        (
+            Metered::new(body, exchange.clone(), Direction::Down),
+            exchange,
+        )
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stalled_client_body_is_the_clients_fault() {
+        let mut body = metered(0);
+        assert!(body.frame().await.unwrap().is_err());
+        let (status, reason) = body.exchange.client_fault().expect("client at fault");
+        assert_eq!(status, StatusCode::REQUEST_TIMEOUT);
+        assert!(reason.contains("client sent nothing"), "{reason}");
+    }
+
+    #[tokio::test]
+    async fn a_response_dropped_before_its_end_is_a_failure() {
+        let (body, exchange) = download(b"manifest");
+        drop(body);
+        let failure = exchange.failure().expect("recorded");
+        assert!(failure.contains("stopped reading"), "{failure}");
+    }
+
+    #[tokio::test]
+    async fn a_response_read_to_its_end_or_empty_is_not() {
+        let (body, exchange) = download(b"manifest");
+        assert_eq!(body.collect().await.unwrap().to_bytes(), "manifest");
+        assert_eq!(exchange.failure(), None);
+        let (empty, exchange) = download(b"");
+        drop(empty);
+        assert_eq!(exchange.failure(), None);
     }
 
     #[tokio::test(start_paused = true)]

@@ -147,11 +147,15 @@ impl Exchange {
         self.fail(error);
     }
 
+    /// What went wrong, if anything has yet.
+    pub fn failure(&self) -> Option<String> {
+        lock(&self.error).clone()
+    }
+
     /// The status and reason owed to the client, if its body failed.
     pub fn client_fault(&self) -> Option<(StatusCode, String)> {
         let status = StatusCode::from_u16(self.client_fault.load(Ordering::Relaxed)).ok()?;
-        let reason = lock(&self.error).clone().unwrap_or_default();
-        Some((status, reason))
+        Some((status, self.failure().unwrap_or_default()))
     }
 
     /// Counts bytes that passed, and keeps them if they belong to a small

@@ -49,6 +49,11 @@ pub enum CaError {
          run `chmod 600 {path}` and start again"
     )]
     KeyNotPrivate { path: PathBuf, mode: u32 },
+    #[error(
+        "CA key directory {path} can be written by other users (mode {mode:o}), who could \
+         swap the key; run `chmod 700 {path}` and start again"
+    )]
+    DirNotPrivate { path: PathBuf, mode: u32 },
     #[error("CA key {key} exists but its certificate {cert} is missing")]
     CertMissing { key: PathBuf, cert: PathBuf },
     #[error(
@@ -269,19 +274,35 @@ fn write_new(path: &Path, contents: &[u8], mode: u32) -> io::Result<()> {
     file.sync_all()
 }
 
+/// The key must be readable by its owner alone, and its directory
+/// writable by its owner alone.
 fn check_private(key_path: &Path) -> Result<(), CaError> {
-    let metadata = fs::metadata(key_path).map_err(|source| CaError::Io {
-        path: key_path.to_owned(),
-        source,
-    })?;
-    let mode = metadata.permissions().mode() & 0o777;
+    let mode = mode_of(key_path)?;
     if mode & 0o077 != 0 {
         return Err(CaError::KeyNotPrivate {
             path: key_path.to_owned(),
             mode,
         });
     }
+    let Some(dir) = key_path.parent() else {
+        return Ok(());
+    };
+    let mode = mode_of(dir)?;
+    if mode & 0o022 != 0 {
+        return Err(CaError::DirNotPrivate {
+            path: dir.to_owned(),
+            mode,
+        });
+    }
     Ok(())
+}
+
+fn mode_of(path: &Path) -> Result<u32, CaError> {
+    let metadata = fs::metadata(path).map_err(|source| CaError::Io {
+        path: path.to_owned(),
+        source,
+    })?;
+    Ok(metadata.permissions().mode() & 0o777)
 }
 
 fn read(path: &Path) -> Result<String, CaError> {
@@ -345,6 +366,25 @@ mod tests {
             .unwrap();
         assert!(matches!(error, CaError::KeyNotPrivate { .. }), "{error}");
         assert!(error.to_string().contains("chmod 600"), "{error}");
+    }
+
+    #[test]
+    fn key_directory_writable_by_others_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        CertificateAuthority::load_or_create(dir.path()).unwrap();
+        let private = CertificateAuthority::key_path(dir.path())
+            .parent()
+            .unwrap()
+            .to_owned();
+        fs::set_permissions(&private, fs::Permissions::from_mode(0o777)).unwrap();
+        let error = CertificateAuthority::load_or_create(dir.path())
+            .err()
+            .unwrap();
+        assert!(matches!(error, CaError::DirNotPrivate { .. }), "{error}");
+        assert!(error.to_string().contains("chmod 700"), "{error}");
+        // Readable by others is fine for a directory: the key is 0600.
+        fs::set_permissions(&private, fs::Permissions::from_mode(0o755)).unwrap();
+        assert!(CertificateAuthority::load_or_create(dir.path()).is_ok());
     }
 
     #[test]
