@@ -447,7 +447,7 @@ mod tests {
             (&["--max-connections", "0"][..], ""),
             (&[][..], "max_connections = 0\n"),
         ] {
-            let error = try_settings_from(flags, file).err().expect("refused");
+            let error = try_settings_from(flags, file).expect_err("refused");
             assert_eq!(error.to_string(), "max_connections must be at least 1");
         }
     }
@@ -458,12 +458,12 @@ mod tests {
         let path = dir.path().join("auth");
         std::fs::write(&path, "no colon here\n").unwrap();
         let flags = ["--proxy-auth-file", path.to_str().unwrap()];
-        let error = try_settings_from(&flags, "").err().expect("refused");
+        let error = try_settings_from(&flags, "").expect_err("refused");
         let text = error.to_string();
         assert!(text.starts_with("proxy credentials file "), "{text}");
         let missing = dir.path().join("missing");
         let flags = ["--proxy-auth-file", missing.to_str().unwrap()];
-        let error = try_settings_from(&flags, "").err().expect("refused");
+        let error = try_settings_from(&flags, "").expect_err("refused");
         assert!(error.to_string().starts_with("proxy credentials file "));
     }
 

@@ -191,6 +191,26 @@ fn bad_input_gets_a_clear_answer_and_the_daemon_carries_on() {
 }
 
 #[test]
+fn connect_inside_a_tunnel_is_refused_not_forwarded() {
+    if !have(&[REGISTRY_BINARY]) {
+        return;
+    }
+    let registry = Registry::start_plain();
+    let proxy = RunningProxy::start(ProxyOptions {
+        resolve_ports: vec![registry.port],
+        ..ProxyOptions::default()
+    });
+    let target = format!("registry.test:{}", registry.port);
+    let nested = format!(
+        "CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n\
+         CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n"
+    );
+    let answer = raw_exchange(proxy.addr, nested.as_bytes());
+    let inner = &answer[answer.find("\r\n\r\n").unwrap() + 4..];
+    assert_eq!(status_of(inner), Some(400), "{inner:.200}");
+}
+
+#[test]
 fn upstream_reset_mid_body_is_an_error_for_the_client() {
     if !have(&[REGISTRY_BINARY, "curl"]) {
         return;

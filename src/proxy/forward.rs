@@ -52,6 +52,10 @@ pub async fn forward(
 ) -> Response<ProxyBody> {
     let intercepted = tunnel.as_ref().is_some_and(|t| t.scheme == Scheme::HTTPS);
     let in_tunnel = tunnel.is_some();
+    if in_tunnel && request.method() == Method::CONNECT {
+        // The registry has no use for it, and regproxy does not nest tunnels.
+        return respond::bad_request("CONNECT inside a tunnel; send requests for the registry");
+    }
     let Some((target, path_and_query)) = destination(tunnel, request.uri()) else {
         return respond::not_a_proxy_request(request.uri());
     };

@@ -78,7 +78,7 @@ pub async fn serve(
             () = &mut shutdown => break,
         }
     }
-    drain(&proxy, listener, graceful, drain_policy).await;
+    drain(&proxy, listener, graceful, slots, drain_policy).await;
 }
 
 async fn accept(
@@ -117,6 +117,7 @@ async fn drain(
     proxy: &Arc<Proxy>,
     listener: TcpListener,
     graceful: GracefulShutdown,
+    slots: Arc<Semaphore>,
     policy: Drain,
 ) {
     // A timeout too large to add to the clock means "as long as it takes".
@@ -128,14 +129,18 @@ async fn drain(
         "shutting down: finishing in-flight pushes, up to {}s",
         policy.timeout.as_secs()
     );
-    let slots = Arc::new(Semaphore::new(Semaphore::MAX_PERMITS));
+    let recheck = Duration::from_millis(50);
     while proxy.stats.busy_within(policy.quiet) {
-        tokio::select! {
-            accepted = listener.accept() => {
-                let slot = slots.clone().acquire_owned().await.expect("semaphore is never closed");
-                accept(proxy, &graceful, accepted, slot).await;
+        // The connection limit still holds: at it, new clients wait.
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            tokio::select! {
+                () = tokio::time::sleep(recheck) => continue,
+                () = tokio::time::sleep_until(deadline) => break,
             }
-            () = tokio::time::sleep(Duration::from_millis(50)) => {}
+        };
+        tokio::select! {
+            accepted = listener.accept() => accept(proxy, &graceful, accepted, slot).await,
+            () = tokio::time::sleep(recheck) => {}
             () = tokio::time::sleep_until(deadline) => break,
         }
     }
