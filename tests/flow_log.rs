@@ -49,6 +49,11 @@ fn flow_log_report_and_har_describe_a_forced_push() {
     assert!(records
         .iter()
         .all(|r| r.tls_intercepted && r.host == registry.host()));
+    let failed: Vec<_> = records.iter().filter(|r| r.error.is_some()).collect();
+    assert!(
+        failed.is_empty(),
+        "a clean push logged failures: {failed:#?}"
+    );
 
     let report = Report::from_records(&records);
     let blobs = &report.repositories[0].blobs;

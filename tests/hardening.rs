@@ -265,6 +265,12 @@ fn a_client_dropping_a_download_is_logged_as_a_failure() {
     });
     let blob: Vec<u8> = (0..4_000_000u32).map(|i| (i * 13 % 251) as u8).collect();
     let digest = upload(&proxy, &registry, &blob);
+    let read_whole = curl_exchange(
+        curl(&proxy)
+            .args(["--output", "/dev/null"])
+            .arg(registry.url(&format!("team/app/blobs/{digest}"))),
+    );
+    assert_eq!(read_whole.status, 200);
 
     let target = format!("registry.test:{}", registry.port);
     let mut stream = TcpStream::connect(proxy.addr).unwrap();
@@ -277,15 +283,18 @@ fn a_client_dropping_a_download_is_logged_as_a_failure() {
     drop(stream);
 
     let deadline = Instant::now() + Duration::from_secs(10);
-    let record = loop {
+    let gets = loop {
         let (records, _) = regproxy::flow::read_flow_log(flow_log.path()).unwrap();
-        let get = records.into_iter().find(|r| r.method == "GET");
-        match get {
-            Some(record) => break record,
-            None if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(50)),
-            None => panic!("no flow record for the GET"),
+        let gets: Vec<_> = records.into_iter().filter(|r| r.method == "GET").collect();
+        match gets.len() {
+            2 => break gets,
+            _ if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(50)),
+            _ => panic!("expected two GETs in the flow log: {gets:#?}"),
         }
     };
+    let (whole, record) = (&gets[0], gets[1].clone());
+    assert_eq!(whole.bytes_down, blob.len() as u64, "{whole:?}");
+    assert_eq!(whole.error, None, "a complete download is no failure");
     assert_eq!(record.status, 200);
     assert!(record.bytes_down < blob.len() as u64, "{record:?}");
     let error = record.error.unwrap_or_default();
