@@ -5,7 +5,7 @@ use std::process::Command;
 use crate::support::daemon::REGPROXY;
 use crate::support::image::{sha256_file, OciImage};
 use crate::support::registry::{Registry, REGISTRY_BINARY};
-use crate::support::{have, run, without_proxy_settings, ProxyOptions, RunningProxy};
+use crate::support::{have, run, without_proxy_settings, RunningProxy};
 
 /// `regproxy exec` with its CA in a temporary directory and the test
 /// registry's name and CA known to it.
@@ -30,11 +30,7 @@ fn exec_wraps_skopeo_and_forces_a_full_reupload() {
     let registry = Registry::start_tls();
     let image = OciImage::generate(21, &[4 << 10, 2 << 20]);
     let destination = format!("docker://{}/team/app:1", registry.host());
-    let passing = RunningProxy::start(ProxyOptions {
-        upstream_ca: registry.ca_file.clone(),
-        resolve_ports: vec![registry.port],
-        ..ProxyOptions::default()
-    });
+    let passing = RunningProxy::for_registry(&registry, false);
     crate::support::skopeo::push(&passing, &registry, &image, "team/app:1");
     let lost = &image.layers[1];
     std::fs::remove_file(registry.blob_data(&lost.digest)).unwrap();

@@ -225,14 +225,7 @@ fn sigkill_mid_push_leaves_only_whole_lines() {
             flow_log.to_str().unwrap(),
         ],
     );
-    let mut push = Command::new("skopeo")
-        .env("HTTPS_PROXY", daemon.url())
-        .args(["copy", "--quiet", "--dest-cert-dir"])
-        .arg(daemon.ca_dir())
-        .arg(image.reference())
-        .arg(format!("docker://{}/team/app:1", registry.host()))
-        .spawn()
-        .unwrap();
+    let mut push = daemon.spawn_skopeo_push(&registry, &image);
     let deadline = Instant::now() + Duration::from_secs(60);
     while line_count(&flow_log) < 8 && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(5));

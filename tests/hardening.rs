@@ -69,10 +69,7 @@ fn bad_input_gets_a_clear_answer_and_the_daemon_carries_on() {
         return;
     }
     let registry = Registry::start_plain();
-    let proxy = RunningProxy::start(ProxyOptions {
-        resolve_ports: vec![registry.port],
-        ..ProxyOptions::default()
-    });
+    let proxy = RunningProxy::for_registry(&registry, false);
     let own = proxy.addr;
     let target = format!("registry.test:{}", registry.port);
     let huge_header = format!(
@@ -196,10 +193,7 @@ fn connect_inside_a_tunnel_is_refused_not_forwarded() {
         return;
     }
     let registry = Registry::start_plain();
-    let proxy = RunningProxy::start(ProxyOptions {
-        resolve_ports: vec![registry.port],
-        ..ProxyOptions::default()
-    });
+    let proxy = RunningProxy::for_registry(&registry, false);
     let target = format!("registry.test:{}", registry.port);
     let nested = format!(
         "CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n\
@@ -216,11 +210,7 @@ fn upstream_reset_mid_body_is_an_error_for_the_client() {
         return;
     }
     let registry = Registry::start_tls();
-    let direct = RunningProxy::start(ProxyOptions {
-        upstream_ca: registry.ca_file.clone(),
-        resolve_ports: vec![registry.port],
-        ..ProxyOptions::default()
-    });
+    let direct = RunningProxy::for_registry(&registry, false);
     let blob: Vec<u8> = (0..4_000_000u32).map(|i| (i * 7 % 251) as u8).collect();
     let digest = upload(&direct, &registry, &blob);
 
@@ -459,12 +449,7 @@ fn five_hundred_tunnels_of_keep_alive_heads_without_an_error() {
         return;
     }
     let registry = Registry::start_tls();
-    let ca = registry.ca_file.clone().unwrap();
-    let seed = RunningProxy::start(ProxyOptions {
-        upstream_ca: Some(ca.clone()),
-        resolve_ports: vec![registry.port],
-        ..ProxyOptions::default()
-    });
+    let seed = RunningProxy::for_registry(&registry, false);
     let digest = upload(&seed, &registry, b"a layer to check for");
     let daemon = Daemon::start(&registry, &[]);
     let path = format!("/v2/team/app/blobs/{digest}");
@@ -498,17 +483,9 @@ fn sigterm_during_a_large_upload_lets_the_push_finish() {
         return;
     }
     let registry = Registry::start_tls();
-    let ca = registry.ca_file.clone().unwrap();
     let image = crate::support::image::OciImage::generate(61, &[4 << 10, 256 << 20]);
     let daemon = Daemon::start(&registry, &["--skip-existing-layers"]);
-    let mut push = Command::new("skopeo")
-        .env("HTTPS_PROXY", daemon.url())
-        .args(["copy", "--quiet", "--dest-cert-dir"])
-        .arg(daemon.ca_dir())
-        .arg(image.reference())
-        .arg(format!("docker://{}/team/app:1", registry.host()))
-        .spawn()
-        .unwrap();
+    let mut push = daemon.spawn_skopeo_push(&registry, &image);
 
     // Both upload sessions are open: the large layer is on its way.
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -548,10 +525,6 @@ fn sigterm_during_a_large_upload_lets_the_push_finish() {
     assert!(large_done(&daemon.log()), "{}", daemon.log());
     assert!(daemon.log().contains("shutting down"), "{}", daemon.log());
 
-    let verifier = RunningProxy::start(ProxyOptions {
-        upstream_ca: Some(ca),
-        resolve_ports: vec![registry.port],
-        ..ProxyOptions::default()
-    });
+    let verifier = RunningProxy::for_registry(&registry, false);
     crate::support::skopeo::assert_pulls_back_identical(&verifier, &registry, &image, "team/app:1");
 }

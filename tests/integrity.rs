@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use crate::support::image::OciImage;
 use crate::support::registry::{Registry, REGISTRY_BINARY};
-use crate::support::{have, skopeo, ProxyOptions, RunningProxy};
+use crate::support::{have, skopeo, RunningProxy};
 
 const IMAGES: u64 = 20;
 const CONCURRENT_PUSHES: u64 = 4;
@@ -29,12 +29,7 @@ fn concurrent_forced_pushes_pull_back_identical() {
         return;
     }
     let registry = Arc::new(Registry::start_tls());
-    let proxy = Arc::new(RunningProxy::start(ProxyOptions {
-        skip_existing_layers: true,
-        upstream_ca: registry.ca_file.clone(),
-        resolve_ports: vec![registry.port],
-        ..ProxyOptions::default()
-    }));
+    let proxy = Arc::new(RunningProxy::for_registry(&registry, true));
     let verified = Arc::new(AtomicUsize::new(0));
     let workers: Vec<_> = (0..CONCURRENT_PUSHES)
         .map(|worker| {

@@ -24,11 +24,7 @@ fn manifest_heads_are_faked_except_referrers_tags_and_this_sessions_pushes() {
     let registry = Registry::start_tls();
     let image = OciImage::generate(31, &[4 << 10]);
     let referrers_tag = sha256(b"subject").replace(':', "-");
-    let passing = RunningProxy::start(ProxyOptions {
-        upstream_ca: registry.ca_file.clone(),
-        resolve_ports: vec![registry.port],
-        ..ProxyOptions::default()
-    });
+    let passing = RunningProxy::for_registry(&registry, false);
     skopeo::push(&passing, &registry, &image, "team/app:1");
     skopeo::push(
         &passing,

@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
+use super::image::OciImage;
 use super::registry::{free_port, Registry};
 
 pub const REGPROXY: &str = env!("CARGO_BIN_EXE_regproxy");
@@ -82,6 +83,20 @@ impl Daemon {
 
     pub fn cpu(&self) -> Duration {
         cpu(self.child.id())
+    }
+
+    /// Starts `skopeo copy` of `image` to `registry`'s `team/app:1`
+    /// through this daemon and leaves it running, for tests that signal
+    /// or kill the daemon mid-push.
+    pub fn spawn_skopeo_push(&self, registry: &Registry, image: &OciImage) -> Child {
+        Command::new("skopeo")
+            .env("HTTPS_PROXY", self.url())
+            .args(["copy", "--quiet", "--dest-cert-dir"])
+            .arg(self.ca_dir())
+            .arg(image.reference())
+            .arg(format!("docker://{}/team/app:1", registry.host()))
+            .spawn()
+            .expect("skopeo starts")
     }
 }
 
