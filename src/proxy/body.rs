@@ -15,6 +15,7 @@ use http_body_util::{BodyExt, Empty, Full};
 use tokio::time::{Instant, Sleep};
 
 use super::exchange::{Direction, Exchange};
+use super::socket::UploadBatching;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -49,6 +50,8 @@ pub struct Metered<B> {
     waiting: bool,
     /// The body reached its end, or failed and said so already.
     finished: bool,
+    /// An upload that batches its connection's reads while it streams.
+    batching: Option<UploadBatching>,
 }
 
 impl<B: Body> Metered<B> {
@@ -60,7 +63,13 @@ impl<B: Body> Metered<B> {
             direction,
             idle: Box::pin(tokio::time::sleep(BODY_IDLE_TIMEOUT)),
             waiting: false,
+            batching: None,
         }
+    }
+
+    pub fn batching(mut self, batching: Option<UploadBatching>) -> Self {
+        self.batching = batching;
+        self
     }
 }
 
@@ -116,6 +125,10 @@ where
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(data) = frame.data_ref() {
                     self.exchange.passed(self.direction, data);
+                    let bytes = data.len();
+                    if let Some(batching) = &mut self.batching {
+                        batching.passed(bytes);
+                    }
                 }
                 Poll::Ready(Some(Ok(frame)))
             }

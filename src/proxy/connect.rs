@@ -24,6 +24,7 @@ use super::body::{self, ProxyBody};
 use super::exchange::{Direction, Exchange, ExchangeStart};
 use super::forward::{forward, Target};
 use super::rewind::Rewind;
+use super::socket::LowWater;
 use super::unbracketed;
 use super::{respond, Proxy, HEADER_READ_TIMEOUT, MAX_HEAD_BYTES};
 use crate::registry::route::Route;
@@ -182,10 +183,12 @@ pub fn tunnel_target(text: &str) -> Option<Authority> {
 }
 
 /// What an intercepted or tunnelled connection holds for as long as it
-/// lives: its place in the graceful shutdown, and its connection slot.
+/// lives: its place in the graceful shutdown, its connection slot, and
+/// the low-water mark of the client's socket beneath it.
 pub struct TunnelHold {
     pub watcher: Watcher,
     pub slot: OwnedSemaphorePermit,
+    pub low_water: LowWater,
 }
 
 struct Tunnel {
@@ -255,7 +258,17 @@ impl Tunnel {
             authority,
             hold,
         } = self;
-        let target = Target { scheme, authority };
+        // An HTTP/1.1 connection carries one body at a time, so a body may
+        // batch the connection's reads; HTTP/2 interleaves streams.
+        let low_water = match &hold {
+            Some(hold) if !h2 => Some(hold.low_water.clone()),
+            _ => None,
+        };
+        let target = Target {
+            scheme,
+            authority,
+            low_water,
+        };
         let service = service_fn(move |request| {
             let (proxy, target) = (proxy.clone(), target.clone());
             async move { Ok::<_, Infallible>(forward(proxy, client, Some(target), request).await) }
@@ -263,7 +276,7 @@ impl Tunnel {
         let builder = tunnel_server(h2);
         let connection = builder.serve_connection(TokioIo::new(stream), service);
         match hold {
-            Some(TunnelHold { watcher, slot }) => {
+            Some(TunnelHold { watcher, slot, .. }) => {
                 let _slot = slot;
                 watcher.watch(connection).await
             }

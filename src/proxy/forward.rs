@@ -14,6 +14,7 @@ use hyper::body::Incoming;
 use super::body::{self, Metered, ProxyBody};
 use super::exchange::{Direction, Exchange, ExchangeStart};
 use super::respond;
+use super::socket::{LowWater, UploadBatching};
 use super::Proxy;
 use crate::registry::route::Route;
 use crate::registry::skip::{self, Verdict};
@@ -25,6 +26,9 @@ use crate::stats::bump;
 pub struct Target {
     pub scheme: Scheme,
     pub authority: Authority,
+    /// The client connection's low-water mark, when a request body may
+    /// batch its reads (an HTTP/1.1 tunnel).
+    pub low_water: Option<LowWater>,
 }
 
 /// Headers that belong to one connection, never forwarded. `Expect` is
@@ -122,14 +126,19 @@ async fn send_upstream(
 ) -> Response<ProxyBody> {
     let host = exchange.host();
     let mut parts = http::uri::Parts::default();
-    parts.scheme = Some(target.scheme);
-    parts.authority = Some(target.authority);
+    let Target {
+        scheme,
+        authority,
+        low_water,
+    } = target;
+    parts.scheme = Some(scheme);
+    parts.authority = Some(authority);
     parts.path_and_query = Some(path_and_query.clone());
     let Ok(uri) = Uri::from_parts(parts) else {
         return respond::bad_request("request target does not form a valid URI");
     };
 
-    let upstream_request = upstream_request(request, uri, exchange);
+    let upstream_request = upstream_request(request, uri, low_water, exchange);
     let response = match send(proxy, upstream_request).await {
         Ok(response) => response,
         Err(error) => return failed_upstream(host, &*error, exchange),
@@ -176,6 +185,7 @@ fn destination(tunnel: Option<Target>, uri: &Uri) -> Option<(Target, PathAndQuer
         None => Target {
             scheme: uri.scheme().cloned()?,
             authority: uri.authority().cloned()?,
+            low_water: None,
         },
     };
     Some((target, path_and_query))
@@ -224,6 +234,7 @@ fn with_query(path_and_query: &PathAndQuery, query: Option<&str>) -> PathAndQuer
 fn upstream_request(
     request: Request<Incoming>,
     uri: Uri,
+    low_water: Option<LowWater>,
     exchange: &Arc<Exchange>,
 ) -> Request<ProxyBody> {
     let (mut parts, body) = request.into_parts();
@@ -232,7 +243,12 @@ fn upstream_request(
     parts.uri = uri;
     // Upstream connections speak HTTP/1.1 whatever the client spoke.
     parts.version = Version::HTTP_11;
-    let body = Metered::new(body, exchange.clone(), Direction::Up).boxed();
+    let batching = low_water
+        .zip(body.size_hint().exact())
+        .map(|(mark, length)| UploadBatching::new(mark, length));
+    let body = Metered::new(body, exchange.clone(), Direction::Up)
+        .batching(batching)
+        .boxed();
     Request::from_parts(parts, body)
 }
 
@@ -332,6 +348,7 @@ mod tests {
         let tunnel = Target {
             scheme: Scheme::HTTPS,
             authority: "registry.test:443".parse().unwrap(),
+            low_water: None,
         };
         let uri: Uri = "https://elsewhere.test/v2/?x=%2F".parse().unwrap();
         let (target, pq) = destination(Some(tunnel), &uri).unwrap();

@@ -20,6 +20,7 @@ use tokio::time::Instant;
 
 use super::body::ProxyBody;
 use super::connect::TunnelHold;
+use super::socket::ClientStream;
 use super::{connect, forward, respond, Proxy, HEADER_READ_TIMEOUT, MAX_HEAD_BYTES};
 
 /// Pause after a failed accept (usually: out of file descriptors), so the
@@ -174,9 +175,11 @@ async fn serve_client(
     }
     // The slot moves into a tunnel if the client opens one, so tunnels
     // count against the limit for as long as they live.
+    let stream = ClientStream::new(stream);
     let hold = Arc::new(Mutex::new(Some(TunnelHold {
         watcher: inner,
         slot,
+        low_water: stream.low_water(),
     })));
     let service = service_fn(move |request: Request<Incoming>| {
         let proxy = proxy.clone();

@@ -12,6 +12,7 @@ pub mod forward;
 pub mod listener;
 pub mod respond;
 pub mod rewind;
+pub mod socket;
 pub mod upstream;
 
 use std::net::{IpAddr, SocketAddr};

@@ -7,7 +7,8 @@
 //! ```
 //!
 //! `REGPROXY_BENCH_LAYERS`, `REGPROXY_BENCH_LAYER_MIB` and
-//! `REGPROXY_BENCH_RUNS` override the shape. Scenarios alternate run by
+//! `REGPROXY_BENCH_RUNS` override the shape; `REGPROXY_BENCH_ONLY`
+//! (`skopeo`, `mitmproxy`, `ctr`, comma-separated) picks the clients. Scenarios alternate run by
 //! run, so a machine that slows down mid-benchmark slows all of them.
 //! Every push goes to a fresh registry: a direct push uploads every layer
 //! as new; a forced push goes to a registry that already holds the image
@@ -42,8 +43,11 @@ fn main() {
     let gib = image.layer_bytes() as f64 / (1u64 << 30) as f64;
     println!("image: {layers} layers of {layer_mib} MiB ({gib:.2} GiB), {runs} runs per scenario");
 
-    let ctr = Ctr::start();
-    let mitm = support::which("mitmdump").is_some();
+    let only = std::env::var("REGPROXY_BENCH_ONLY").unwrap_or_default();
+    let wanted = |client: &str| only.is_empty() || only.split(',').any(|c| c.trim() == client);
+    let ctr = if wanted("ctr") { Ctr::start() } else { None };
+    let mitm = wanted("mitmproxy") && support::which("mitmdump").is_some();
+    let skopeo = wanted("skopeo");
     let mut rows: Vec<Row> = Vec::new();
     let mut add = |name: &str, sample: Sample| match rows.iter_mut().find(|r| r.name == name) {
         Some(row) => row.samples.push(sample),
@@ -55,11 +59,15 @@ fn main() {
     let mut floors = Vec::new();
     for _ in 0..runs {
         floors.push(Floor::measure(if quick { 16 } else { 256 }));
-        add("skopeo direct push, all layers new", skopeo_direct(&image));
-        add(
-            "skopeo through regproxy, forced re-push",
-            skopeo_through_regproxy(&image),
-        );
+        if skopeo || mitm {
+            add("skopeo direct push, all layers new", skopeo_direct(&image));
+        }
+        if skopeo {
+            add(
+                "skopeo through regproxy, forced re-push",
+                skopeo_through_regproxy(&image),
+            );
+        }
         if mitm {
             add(
                 "skopeo through mitmproxy + addon, forced",
@@ -74,10 +82,10 @@ fn main() {
             );
         }
     }
-    if !mitm {
+    if !mitm && wanted("mitmproxy") {
         println!("(mitmdump not installed: mitmproxy row skipped)");
     }
-    if ctr.is_none() {
+    if ctr.is_none() && wanted("ctr") {
         println!("(containerd or ctr not installed: ctr rows skipped)");
     }
     print_table(&rows, gib);
