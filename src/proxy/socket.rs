@@ -7,6 +7,10 @@
 //! [`UPLOAD_BATCH`] bytes are waiting: the same bytes in far fewer wake-ups,
 //! reads and TLS calls. Near the end of the body the mark drops back to one
 //! byte, so the last bytes never sit in the socket unread.
+//!
+//! Known shortcoming: a sender slower than one batch per body idle timeout
+//! (under 1 KB/s) is given up on as stalled, since regproxy sees none of
+//! its bytes until a batch has gathered.
 
 use std::io;
 use std::os::fd::AsRawFd;

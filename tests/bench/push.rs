@@ -8,8 +8,9 @@
 //!
 //! `REGPROXY_BENCH_LAYERS`, `REGPROXY_BENCH_LAYER_MIB` and
 //! `REGPROXY_BENCH_RUNS` override the shape; `REGPROXY_BENCH_ONLY`
-//! (`skopeo`, `mitmproxy`, `ctr`, comma-separated) picks the clients. Scenarios alternate run by
-//! run, so a machine that slows down mid-benchmark slows all of them.
+//! (`skopeo`, `mitmproxy`, `ctr`, comma-separated) picks the clients.
+//! Scenarios alternate run by run, so a machine that slows down
+//! mid-benchmark slows all of them.
 //! Every push goes to a fresh registry: a direct push uploads every layer
 //! as new; a forced push goes to a registry that already holds the image
 //! and uploads every layer again because of skip mode. Rows for ctr and
