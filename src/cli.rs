@@ -97,7 +97,8 @@ pub struct RunArgs {
     #[arg(long, env = "REGPROXY_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
 
-    /// Check the configuration (file, CA, upstream CAs) and exit.
+    /// Check the configuration (file, CA, upstream CAs) and exit. A CA
+    /// that does not exist yet is created, as `run` would.
     #[arg(long)]
     pub check: bool,
 

@@ -175,7 +175,7 @@ async fn serve_client(
     }
     // The slot moves into a tunnel if the client opens one, so tunnels
     // count against the limit for as long as they live.
-    let stream = ClientStream::new(stream);
+    let stream = ClientStream::new(stream, client);
     let hold = Arc::new(Mutex::new(Some(TunnelHold {
         watcher: inner,
         slot,

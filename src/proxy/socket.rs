@@ -6,31 +6,41 @@
 //! streams in, regproxy asks the kernel (`SO_RCVLOWAT`) to wake it only once
 //! [`UPLOAD_BATCH`] bytes are waiting: the same bytes in far fewer wake-ups,
 //! reads and TLS calls. Near the end of the body the mark drops back to one
-//! byte, so the last bytes never sit in the socket unread.
+//! byte, so the last bytes never sit in the socket unread, and a sender too
+//! slow to fill a batch within [`BATCH_PATIENCE`] has its bytes read as they
+//! come, so no timeout downstream ever sees a stall that is not there.
 //!
-//! Known shortcoming: a sender slower than one batch per body idle timeout
-//! (under 1 KB/s) is given up on as stalled, since regproxy sees none of
-//! its bytes until a batch has gathered.
+//! Only loopback clients batch, the case regproxy is built for: a raised
+//! mark also caps the client's TCP window for a while, which a long link
+//! would feel.
 
+use std::future::Future;
 use std::io;
+use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
+use tokio::time::{Instant, Sleep};
 
 /// Bytes the kernel gathers before it wakes regproxy during an upload.
 pub const UPLOAD_BATCH: u32 = 256 << 10;
 
 /// What regproxy may already have read from the socket but not yet passed
-/// on: hyper's read buffer (at most about 400 KiB), one chunk in its body
-/// channel, the TLS layer's buffers. The mark drops while more than this is
-/// still to come, so the bytes the kernel gathers always include at least
-/// one full batch still on its way.
+/// on: hyper's read buffer (256 KiB), one chunk in its body channel, bytes
+/// read before the tunnel opened, the TLS layer's buffers; under 1 MiB. The
+/// mark stays raised only while more than this and a batch are still to
+/// come, so a raised mark always has a full batch on its way to wake it.
 const READ_AHEAD_BOUND: u64 = 2 << 20;
+
+/// How long one wait may hold out for a full batch before the bytes
+/// already there are read anyway.
+pub const BATCH_PATIENCE: Duration = Duration::from_millis(50);
 
 /// The kernel's default: wake on any byte.
 const ANY_BYTE: u32 = 1;
@@ -97,15 +107,25 @@ impl Drop for UploadBatching {
 pub struct ClientStream {
     stream: TcpStream,
     mark: LowWater,
+    /// The mark the socket has now.
     applied: u32,
+    /// Batching is off for this connection: a remote client, or a kernel
+    /// that refused the option or made no room for a batch.
+    batching_off: bool,
+    /// Runs while a read waits with a raised mark; made on first use.
+    patience: Option<Pin<Box<Sleep>>>,
+    waiting: bool,
 }
 
 impl ClientStream {
-    pub fn new(stream: TcpStream) -> Self {
+    pub fn new(stream: TcpStream, client: SocketAddr) -> Self {
         Self {
             stream,
             mark: LowWater::new(),
             applied: ANY_BYTE,
+            batching_off: !client.ip().to_canonical().is_loopback(),
+            patience: None,
+            waiting: false,
         }
     }
 
@@ -114,14 +134,79 @@ impl ClientStream {
     }
 
     fn apply_low_water(&mut self) {
-        let wanted = self.mark.wanted();
+        let wanted = if self.batching_off {
+            ANY_BYTE
+        } else {
+            self.mark.wanted()
+        };
         if wanted == self.applied {
             return;
         }
-        // A socket that refuses the option just wakes regproxy more often.
-        if set_receive_low_water(&self.stream, wanted).is_ok() {
-            self.applied = wanted;
+        self.applied = wanted;
+        match set_receive_low_water(&self.stream, wanted) {
+            Ok(()) if wanted == ANY_BYTE || room_for_batch(&self.stream) => {}
+            // Old kernels set the mark without growing the buffer to hold
+            // it: a batch could never gather there.
+            _ => self.stop_batching(),
         }
+    }
+
+    fn stop_batching(&mut self) {
+        self.batching_off = true;
+        self.applied = ANY_BYTE;
+        let _ = set_receive_low_water(&self.stream, ANY_BYTE);
+    }
+
+    /// Called when a read must wait: starts the patience clock if this
+    /// wait just began, and says whether it has run out.
+    fn out_of_patience(&mut self, cx: &mut Context<'_>) -> bool {
+        let deadline = Instant::now() + BATCH_PATIENCE;
+        let patience = self
+            .patience
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+        if !self.waiting {
+            self.waiting = true;
+            patience.as_mut().reset(deadline);
+        }
+        patience.as_mut().poll(cx).is_ready()
+    }
+
+    /// Lowers the mark for this wait only; the next read raises it again
+    /// if the body still wants batches. Lowering it makes the kernel signal
+    /// bytes already waiting, which wakes this read.
+    fn read_what_is_there(&mut self) {
+        self.applied = ANY_BYTE;
+        if set_receive_low_water(&self.stream, ANY_BYTE).is_err() {
+            self.stop_batching();
+        }
+    }
+}
+
+/// Whether the kernel made room for the mark it accepted.
+fn room_for_batch(stream: &TcpStream) -> bool {
+    let mark = socket_option(stream, libc::SO_RCVLOWAT);
+    let buffer = socket_option(stream, libc::SO_RCVBUF);
+    matches!((mark, buffer), (Ok(mark), Ok(buffer)) if buffer >= mark.saturating_mul(2))
+}
+
+fn socket_option(stream: &TcpStream, name: libc::c_int) -> io::Result<libc::c_int> {
+    let mut value: libc::c_int = 0;
+    let mut size = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: the descriptor belongs to `stream`, which outlives the call;
+    // one c_int is read into `value`, whose size is passed with it.
+    let result = unsafe {
+        libc::getsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            name,
+            (&mut value as *mut libc::c_int).cast(),
+            &mut size,
+        )
+    };
+    if result == 0 {
+        Ok(value)
+    } else {
+        Err(io::Error::last_os_error())
     }
 }
 
@@ -147,12 +232,21 @@ fn set_receive_low_water(stream: &TcpStream, bytes: u32) -> io::Result<()> {
 
 impl AsyncRead for ClientStream {
     fn poll_read(
-        mut self: Pin<&mut Self>,
+        self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        self.apply_low_water();
-        Pin::new(&mut self.stream).poll_read(cx, buf)
+        let this = self.get_mut();
+        this.apply_low_water();
+        let polled = Pin::new(&mut this.stream).poll_read(cx, buf);
+        if polled.is_ready() {
+            this.waiting = false;
+            return polled;
+        }
+        if this.applied != ANY_BYTE && this.out_of_patience(cx) {
+            this.read_what_is_there();
+        }
+        Poll::Pending
     }
 }
 
@@ -189,23 +283,7 @@ impl AsyncWrite for ClientStream {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn receive_low_water(stream: &TcpStream) -> libc::c_int {
-        let mut value: libc::c_int = 0;
-        let mut size = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-        // SAFETY: reads one c_int option into `value`, whose size is given.
-        let result = unsafe {
-            libc::getsockopt(
-                stream.as_raw_fd(),
-                libc::SOL_SOCKET,
-                libc::SO_RCVLOWAT,
-                (&mut value as *mut libc::c_int).cast(),
-                &mut size,
-            )
-        };
-        assert_eq!(result, 0);
-        value
-    }
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     #[test]
     fn batching_holds_while_plenty_remains_and_ends_before_the_tail() {
@@ -230,30 +308,61 @@ mod tests {
         assert_eq!(mark.wanted(), ANY_BYTE);
     }
 
-    #[tokio::test]
-    async fn the_connection_applies_the_mark_on_its_next_read() {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    /// A sender and the client connection regproxy accepted from it.
+    async fn connection(client: Option<SocketAddr>) -> (TcpStream, ClientStream) {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let mut sender = TcpStream::connect(listener.local_addr().unwrap())
+        let sender = TcpStream::connect(listener.local_addr().unwrap())
             .await
             .unwrap();
-        let mut client = ClientStream::new(listener.accept().await.unwrap().0);
+        let (accepted, peer) = listener.accept().await.unwrap();
+        (sender, ClientStream::new(accepted, client.unwrap_or(peer)))
+    }
+
+    #[tokio::test]
+    async fn a_batch_arrives_whole_under_a_raised_mark() {
+        let (mut sender, mut client) = connection(None).await;
         let batch = UPLOAD_BATCH as usize;
         client.low_water().set(UPLOAD_BATCH);
         let upload = tokio::spawn(async move {
-            // Waits until the reader has polled, so the mark is in place.
-            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-            sender.write_all(&vec![7u8; batch + 1]).await.unwrap();
+            sender.write_all(&vec![7u8; batch]).await.unwrap();
             sender
         });
-        let mut buf = vec![0u8; batch + 1];
-        client.read_exact(&mut buf[..batch]).await.unwrap();
-        assert_eq!(receive_low_water(&client.stream), UPLOAD_BATCH as i32);
-        let _sender = upload.await.unwrap();
-        // The tail: one byte is read once the mark is back to any byte.
-        client.low_water().set(ANY_BYTE);
-        client.read_exact(&mut buf[batch..]).await.unwrap();
-        assert_eq!(receive_low_water(&client.stream), 1);
+        let mut buf = vec![0u8; batch];
+        client.read_exact(&mut buf).await.unwrap();
         assert!(buf.iter().all(|&b| b == 7));
+        let kernel_mark = socket_option(&client.stream, libc::SO_RCVLOWAT).unwrap();
+        assert_eq!(kernel_mark as u32, client.applied, "what the socket has");
+        assert!(client.batching_off || client.applied > ANY_BYTE);
+        drop(upload.await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn a_slow_sender_is_read_as_it_comes_under_a_raised_mark() {
+        let (mut sender, mut client) = connection(None).await;
+        client.low_water().set(UPLOAD_BATCH);
+        let mut buf = [0u8; 5];
+        for chunk in [b"layer", b"bytes"] {
+            // The read waits under the raised mark before the bytes come.
+            let read = tokio::time::timeout(Duration::from_secs(5), client.read_exact(&mut buf));
+            let send = async {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                sender.write_all(chunk).await.unwrap();
+            };
+            let (read, ()) = tokio::join!(read, send);
+            read.expect("bytes below the mark are read within its patience")
+                .unwrap();
+            assert_eq!(&buf, chunk);
+        }
+    }
+
+    #[tokio::test]
+    async fn a_remote_client_never_batches() {
+        let remote = Some("192.0.2.7:40000".parse().unwrap());
+        let (mut sender, mut client) = connection(remote).await;
+        client.low_water().set(UPLOAD_BATCH);
+        sender.write_all(b"PATCH").await.unwrap();
+        let mut buf = [0u8; 5];
+        client.read_exact(&mut buf).await.unwrap();
+        assert_eq!(socket_option(&client.stream, libc::SO_RCVLOWAT).unwrap(), 1);
     }
 }
