@@ -173,9 +173,9 @@ async fn serve_client(
         tracing::debug!(%client, "closed: no HTTP/1 request head in time");
         return;
     }
+    let stream = ClientStream::new(stream, client);
     // The slot moves into a tunnel if the client opens one, so tunnels
     // count against the limit for as long as they live.
-    let stream = ClientStream::new(stream, client);
     let hold = Arc::new(Mutex::new(Some(TunnelHold {
         watcher: inner,
         slot,
