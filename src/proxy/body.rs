@@ -1,6 +1,5 @@
 //! Bodies as they stream through: counted on the way, never buffered.
 
-use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -12,10 +11,9 @@ use http_body::{Body, Frame, SizeHint};
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Empty, Full};
 
-use tokio::time::{Instant, Sleep};
-
 use super::exchange::{Direction, Exchange};
 use super::socket::UploadBatching;
+use super::wait::WaitClock;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -45,9 +43,8 @@ pub struct Metered<B> {
     inner: B,
     exchange: Arc<Exchange>,
     direction: Direction,
-    /// Armed while waiting on the sender, from the moment the wait began.
-    idle: Pin<Box<Sleep>>,
-    waiting: bool,
+    /// How long the body has waited on its sender.
+    idle: WaitClock,
     /// The body reached its end, or failed and said so already.
     finished: bool,
     /// An upload that batches its connection's reads while it streams.
@@ -61,8 +58,7 @@ impl<B: Body> Metered<B> {
             inner,
             exchange,
             direction,
-            idle: Box::pin(tokio::time::sleep(BODY_IDLE_TIMEOUT)),
-            waiting: false,
+            idle: WaitClock::new(BODY_IDLE_TIMEOUT),
             batching: None,
         }
     }
@@ -70,19 +66,6 @@ impl<B: Body> Metered<B> {
     pub fn batching(mut self, batching: Option<UploadBatching>) -> Self {
         self.batching = batching;
         self
-    }
-}
-
-impl<B> Metered<B> {
-    /// Called when the sender has nothing for us: starts the idle clock
-    /// if this wait just began, and says whether it has run out.
-    fn sender_idle_too_long(&mut self, cx: &mut Context<'_>) -> bool {
-        if !self.waiting {
-            self.waiting = true;
-            let deadline = Instant::now() + BODY_IDLE_TIMEOUT;
-            self.idle.as_mut().reset(deadline);
-        }
-        self.idle.as_mut().poll(cx).is_ready()
     }
 }
 
@@ -100,12 +83,12 @@ where
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let polled = Pin::new(&mut self.inner).poll_frame(cx);
         if polled.is_ready() {
-            self.waiting = false;
+            self.idle.stop();
             self.finished =
                 matches!(polled, Poll::Ready(None | Some(Err(_)))) || self.inner.is_end_stream();
         }
         match polled {
-            Poll::Pending if self.sender_idle_too_long(cx) => {
+            Poll::Pending if self.idle.run_out(cx) => {
                 let side = match self.direction {
                     Direction::Up => "client",
                     Direction::Down => "registry",
@@ -192,6 +175,7 @@ mod tests {
     use crate::registry::route::Route;
     use crate::stats::Stats;
     use http_body_util::BodyExt;
+    use tokio::time::Instant;
 
     /// A sender that has `chunks` ready, then never sends again.
     struct Stalls {

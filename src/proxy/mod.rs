@@ -14,6 +14,7 @@ pub mod respond;
 pub mod rewind;
 pub mod socket;
 pub mod upstream;
+pub mod wait;
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, OnceLock};

@@ -14,7 +14,6 @@
 //! mark also caps the client's TCP window for a while, which a long link
 //! would feel.
 
-use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
@@ -26,7 +25,8 @@ use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
-use tokio::time::{Instant, Sleep};
+
+use super::wait::WaitClock;
 
 /// Bytes the kernel gathers before it wakes regproxy during an upload.
 pub const UPLOAD_BATCH: u32 = 256 << 10;
@@ -112,10 +112,8 @@ pub struct ClientStream {
     /// Batching is off for this connection: a remote client, or a kernel
     /// that refused the option or made no room for a batch.
     batching_off: bool,
-    /// Wakes a read that waits with a raised mark; made on first use.
-    patience: Option<Pin<Box<Sleep>>>,
-    waiting: bool,
-    wait_began: Instant,
+    /// How long a read has waited with a raised mark.
+    patience: WaitClock,
 }
 
 impl ClientStream {
@@ -125,9 +123,7 @@ impl ClientStream {
             mark: LowWater::new(),
             applied: ANY_BYTE,
             batching_off: !client.ip().to_canonical().is_loopback(),
-            patience: None,
-            waiting: false,
-            wait_began: Instant::now(),
+            patience: WaitClock::new(BATCH_PATIENCE),
         }
     }
 
@@ -157,30 +153,6 @@ impl ClientStream {
         self.batching_off = true;
         self.applied = ANY_BYTE;
         let _ = set_receive_low_water(&self.stream, ANY_BYTE);
-    }
-
-    /// Called when a read must wait under a raised mark: says whether
-    /// this wait has held out for [`BATCH_PATIENCE`]. One timer serves every
-    /// wait and is re-armed only when it fires for an earlier one, so a
-    /// stream of short waits costs a clock read each, not a timer each.
-    fn out_of_patience(&mut self, cx: &mut Context<'_>) -> bool {
-        let now = Instant::now();
-        if !self.waiting {
-            self.waiting = true;
-            self.wait_began = now;
-        }
-        let deadline = self.wait_began + BATCH_PATIENCE;
-        if now >= deadline {
-            return true;
-        }
-        let patience = self
-            .patience
-            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
-        if patience.as_mut().poll(cx).is_ready() {
-            patience.as_mut().reset(deadline);
-            let _ = patience.as_mut().poll(cx);
-        }
-        false
     }
 
     /// Lowers the mark for this wait only; the next read raises it again
@@ -255,10 +227,10 @@ impl AsyncRead for ClientStream {
         this.apply_low_water();
         let polled = Pin::new(&mut this.stream).poll_read(cx, buf);
         if polled.is_ready() {
-            this.waiting = false;
+            this.patience.stop();
             return polled;
         }
-        if this.applied != ANY_BYTE && this.out_of_patience(cx) {
+        if this.applied != ANY_BYTE && this.patience.run_out(cx) {
             this.read_what_is_there();
         }
         Poll::Pending
